@@ -1,0 +1,129 @@
+"""cloudcore.yaml: names follow KubeEdge's cloudcore.yaml where an equivalent exists."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from certs.tls import DEFAULT_TLS12_CIPHERS, check_ciphers, min_version
+from moorage import config
+from moorage.config import duration, key
+from moorage.errors import ConfigError
+
+API_VERSION = "cloudcore.config.kubeedge.io/v1alpha2"
+
+
+def _port(value: int, where: str) -> None:
+    if not 0 < value < 65536:
+        raise ConfigError(f"{where}: port {value} is outside 1-65535")
+
+
+@dataclass
+class Listener:
+    enable: bool = True
+    address: str = "0.0.0.0"  # noqa: S104 - edges connect from anywhere; mTLS guards it
+    port: int = 0
+
+    def validate(self, where: str) -> None:
+        _port(self.port, f"{where}.port")
+
+
+@dataclass
+class CloudHub:
+    advertise_address: list[str] = field(default_factory=list)
+    node_limit: int = 1000
+    tls_ca_file: str = key("tlsCAFile", "")
+    tls_ca_key_file: str = key("tlsCAKeyFile", "")
+    tls_cert_file: str = ""
+    tls_private_key_file: str = ""
+    tls_cipher_suites: list[str] = field(default_factory=lambda: list(DEFAULT_TLS12_CIPHERS))
+    tls_min_version: str = "1.2"
+    websocket: Listener = field(default_factory=lambda: Listener(port=10000))
+    https: Listener = field(default_factory=lambda: Listener(port=10002))
+    # Edge certificates: lifetime, and the join tokens that let nodes get their first one.
+    edge_cert_validity: float = duration(365 * 86400.0)
+    token_ttl: float = duration(24 * 3600.0, key="tokenTTL")
+    # Liveness: a node is NotReady when nothing was heard from it for this long.
+    node_grace_period: float = duration(40.0)
+    keepalive_interval: float = duration(15.0)
+    max_message_bytes: int = 4 * 1024 * 1024
+    handshake_timeout: float = duration(30.0)
+    # Enrollment endpoint: requests per minute per client address, and in total.
+    enroll_rate_per_client: int = 30
+    enroll_rate_total: int = 600
+
+    def validate(self, where: str) -> None:
+        try:
+            check_ciphers(self.tls_cipher_suites)
+            min_version(self.tls_min_version)
+        except Exception as exc:
+            raise ConfigError(f"{where}.tlsCipherSuites/tlsMinVersion: {exc}") from None
+        if self.node_limit < 1:
+            raise ConfigError(f"{where}.nodeLimit: must be at least 1")
+        if not self.advertise_address:
+            raise ConfigError(f"{where}.advertiseAddress: at least one address is required")
+        for name in ("tls_ca_file", "tls_ca_key_file", "tls_cert_file", "tls_private_key_file"):
+            if not getattr(self, name):
+                raise ConfigError(f"{where}.{config.yaml_key(_field(name))}: required")
+        if self.max_message_bytes < 64 * 1024:
+            raise ConfigError(f"{where}.maxMessageBytes: at least 65536")
+
+
+def _field(name: str):  # type: ignore[no-untyped-def]
+    import dataclasses
+
+    return next(f for f in dataclasses.fields(CloudHub) if f.name == name)
+
+
+@dataclass
+class AdminAPI:
+    enable: bool = True
+    address: str = "0.0.0.0"  # noqa: S104 - remote operators; requires the admin client cert
+    port: int = 6443
+
+    def validate(self, where: str) -> None:
+        _port(self.port, f"{where}.port")
+
+
+@dataclass
+class Modules:
+    cloud_hub: CloudHub = field(default_factory=CloudHub)
+    admin: AdminAPI = field(default_factory=AdminAPI)
+
+
+@dataclass
+class Database:
+    data_source: str = ""
+
+
+@dataclass
+class CloudCoreConfig:
+    api_version: str = API_VERSION
+    kind: str = "CloudCore"
+    data_dir: str = ""
+    database: Database = field(default_factory=Database)
+    modules: Modules = field(default_factory=Modules)
+    # A file holding the passphrase of encrypted keys (MOORAGE_KEY_PASSPHRASE also works).
+    key_passphrase_file: str = ""
+
+    def validate(self, where: str) -> None:
+        if self.kind != "CloudCore":
+            raise ConfigError(f"kind: expected CloudCore, got {self.kind!r}")
+        if not self.data_dir:
+            raise ConfigError("dataDir: required (the directory `moorage init` wrote)")
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
+    def database_path(self) -> Path:
+        return Path(self.database.data_source or self.data_path / "cloudcore.db")
+
+    @property
+    def token_key_path(self) -> Path:
+        return self.data_path / "pki" / "token.key"
+
+
+def load(path: str | Path) -> CloudCoreConfig:
+    return config.load(CloudCoreConfig, path)

@@ -1,0 +1,264 @@
+"""CloudHub: the mTLS WebSocket server that edge nodes dial.
+
+The node's identity is its client certificate (CN ``system:node:<name>``,
+O ``system:nodes``). The path must name the same node, and every message the
+node sends may speak only about itself. A newer connection for a node replaces
+the older one; requests the cloud sent and the edge has not answered are sent
+again on the new connection, so a certificate rotation loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
+from websockets.http11 import Request, Response
+
+from cloudcore.identity import PeerIdentity, from_transport
+from cloudcore.nodes import NodeRegistry
+from moorage import envelope
+from moorage.envelope import Message
+from moorage.errors import ProtocolError
+
+log = logging.getLogger("cloudcore.hub")
+
+CLOSE_REPLACED = 4000  # private-use close code: a newer connection took over
+
+
+class NodeUnavailable(Exception):
+    pass
+
+
+@dataclass(eq=False)
+class Session:
+    node: str
+    identity: PeerIdentity
+    ws: ServerConnection
+    started: float = field(default_factory=time.time)
+
+
+@dataclass
+class HubSettings:
+    host: str
+    port: int
+    node_limit: int
+    max_message_bytes: int
+    keepalive_interval: float
+    handshake_timeout: float
+
+
+class Hub:
+    def __init__(self, settings: HubSettings, ssl_context: ssl.SSLContext,
+                 registry: NodeRegistry, revoked: set[str]) -> None:
+        self.settings, self.ssl_context, self.registry = settings, ssl_context, registry
+        self.revoked = revoked
+        self.sessions: dict[str, Session] = {}
+        # Cloud-to-edge requests awaiting the edge's response, per node, by msg_id.
+        self.pending: dict[str, dict[str, tuple[Message, asyncio.Future[Message]]]] = {}
+        self.server: Server | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        self.server = await serve(
+            self._handle, s.host, s.port, ssl=self.ssl_context,
+            process_request=self._check_request,
+            compression=None,
+            max_size=s.max_message_bytes,
+            max_queue=4,
+            write_limit=64 * 1024,
+            ping_interval=s.keepalive_interval,
+            ping_timeout=s.keepalive_interval,
+            open_timeout=s.handshake_timeout,
+            close_timeout=5,
+            server_header=None,
+            backlog=4096,
+        )
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(next(iter(self.server.sockets)).getsockname()[1])
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close(close_connections=True)
+            await self.server.wait_closed()
+
+    def is_connected(self, node: str) -> bool:
+        return node in self.sessions
+
+    # ------------------------------------------------------------ admission
+
+    def _refuse(self, connection: ServerConnection, status: HTTPStatus, why: str) -> Response:
+        peer = connection.remote_address
+        where = f"{peer[0]}:{peer[1]}" if peer else "?"
+        log.warning("connection from %s refused (%d): %s", where, status.value, why)
+        return Response(status.value, status.phrase, Headers([("Content-Type", "text/plain")]),
+                        (why + "\n").encode())
+
+    def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        identity = from_transport(connection.transport)
+        if identity is None or identity.node_name is None:
+            cn = identity.common_name if identity else "none"
+            return self._refuse(connection, HTTPStatus.FORBIDDEN,
+                                f"certificate {cn!r} is not a node certificate "
+                                "(CN system:node:<name>, O system:nodes): enroll with "
+                                "`moorage join`")
+        node = identity.node_name
+        if identity.serial in self.revoked:
+            return self._refuse(connection, HTTPStatus.FORBIDDEN,
+                                f"node {node}: certificate {identity.serial} has been revoked; "
+                                "enroll again with `moorage join --force` and a fresh token")
+        parts = request.path.split("?", 1)[0].strip("/").split("/")
+        if len(parts) != 3 or parts[2] != "events":
+            return self._refuse(connection, HTTPStatus.NOT_FOUND,
+                                f"node {node}: unknown path {request.path!r}; "
+                                "expected /<projectID>/<node>/events")
+        header_node = request.headers.get("node_id")
+        if parts[1] != node or (header_node and header_node != node):
+            named = parts[1] if parts[1] != node else header_node
+            return self._refuse(connection, HTTPStatus.FORBIDDEN,
+                                f"the certificate is for node {node!r} but the request names "
+                                f"node {named!r}")
+        if node not in self.sessions and len(self.sessions) >= self.settings.node_limit:
+            return self._refuse(connection, HTTPStatus.SERVICE_UNAVAILABLE,
+                                f"node {node}: the node limit of {self.settings.node_limit} "
+                                "connected nodes is reached (modules.cloudHub.nodeLimit)")
+        return None
+
+    # ------------------------------------------------------------ sessions
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        identity = from_transport(ws.transport)
+        assert identity is not None and identity.node_name is not None  # checked at admission
+        node = identity.node_name
+        session = Session(node, identity, ws)
+        previous = self.sessions.get(node)
+        self.sessions[node] = session
+        if previous is not None:
+            log.info("node %s opened a new connection; closing the previous one", node)
+            asyncio.get_running_loop().create_task(
+                previous.ws.close(CLOSE_REPLACED, "replaced by a newer connection"))
+        log.info("node %s connected from %s (certificate %s)", node, ws.remote_address[0],
+                 identity.serial)
+        self.registry.heard(node)
+        for message, _ in list(self.pending.get(node, {}).values()):
+            await self._send(session, message)
+        try:
+            async for raw in ws:
+                self._receive(session, raw)
+        except ConnectionClosed:
+            pass
+        finally:
+            self._closed(session)
+
+    def _closed(self, session: Session) -> None:
+        ws = session.ws
+        if self.sessions.get(session.node) is session:
+            del self.sessions[session.node]
+        sent = ws.protocol.close_sent
+        if sent is not None and sent.code == CloseCode.MESSAGE_TOO_BIG:
+            log.warning("node %s sent a frame larger than %d bytes: its connection was closed "
+                        "(code 1009)", session.node, self.settings.max_message_bytes)
+        elif sent is not None and sent.code == CLOSE_REPLACED:
+            log.info("node %s: previous connection closed (replaced)", session.node)
+        else:
+            rcvd = ws.protocol.close_rcvd
+            reason = (f"code {rcvd.code} {rcvd.reason}".strip() if rcvd else
+                      f"code {sent.code} {sent.reason}".strip() if sent else "connection lost")
+            log.info("node %s disconnected (%s)", session.node, reason)
+
+    async def _send(self, session: Session, message: Message) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            await session.ws.send(envelope.encode(message))
+
+    def _receive(self, session: Session, raw: str | bytes) -> None:
+        node = session.node
+        self.registry.last_seen[node] = self.registry.clock()
+        try:
+            message = envelope.decode(raw, self.settings.max_message_bytes)
+        except ProtocolError as exc:
+            log.warning("node %s sent a malformed message, ignored: %s", node, exc)
+            return
+        if message.operation == envelope.KEEPALIVE:
+            self.registry.heard(node)
+            return
+        if message.operation == envelope.RESPONSE or message.parent_msg_id:
+            waiting = self.pending.get(node, {}).pop(message.parent_msg_id, None)
+            if waiting is not None and not waiting[1].done():
+                waiting[1].set_result(message)
+            return
+        try:
+            reply = self._apply(node, message)
+        except PermissionError as exc:
+            log.warning("node %s: message refused: %s", node, exc)
+            reply = message.reply(str(exc), source="cloudhub", operation=envelope.ERROR)
+        except ProtocolError as exc:
+            log.warning("node %s: invalid message: %s", node, exc)
+            reply = message.reply(str(exc), source="cloudhub", operation=envelope.ERROR)
+        asyncio.get_running_loop().create_task(self._send(session, reply))
+
+    def _apply(self, node: str, message: Message) -> Message:
+        """Upstream messages about resources: ``<namespace>/<type>/<name>``."""
+        parts = message.resource.split("/")
+        if len(parts) != 3:
+            raise ProtocolError(f"resource {message.resource!r}: expected <ns>/<type>/<name>")
+        _, kind, name = parts
+        if kind in ("node", "nodestatus"):
+            if name != node:
+                raise PermissionError(f"node {node!r} may not report about node {name!r}")
+            content = message.content if isinstance(message.content, dict) else {}
+            if kind == "node" and message.operation in (envelope.INSERT, envelope.UPDATE):
+                self.registry.register(node, content)
+            elif kind == "nodestatus":
+                status = content.get("status", content)
+                self.registry.update_status(node, status if isinstance(status, dict) else {})
+            else:
+                raise ProtocolError(f"operation {message.operation!r} on {kind} not supported")
+            return message.reply("OK", source="cloudhub")
+        raise ProtocolError(f"resource type {kind!r} is not accepted from edge nodes")
+
+    # ------------------------------------------------------------ requests to nodes
+
+    async def request(self, node: str, message: Message, timeout: float) -> Message:
+        """Send ``message`` to ``node`` and wait for its response, resending on reconnect."""
+        if node not in self.sessions:
+            raise NodeUnavailable(f"node {node} is not connected")
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        waiting = self.pending.setdefault(node, {})
+        waiting[message.msg_id] = (message, future)
+        try:
+            await self._send(self.sessions[node], message)
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            waiting.pop(message.msg_id, None)
+            if not waiting:
+                self.pending.pop(node, None)
+
+    async def disconnect(self, node: str, reason: str) -> None:
+        session = self.sessions.pop(node, None)
+        if session is not None:
+            await session.ws.close(CloseCode.POLICY_VIOLATION, reason[:120])
+
+    def expire_sessions(self) -> None:
+        """Close connections whose client certificate has expired since the handshake."""
+        now = time.time()
+        for node, session in list(self.sessions.items()):
+            if session.identity.not_after <= now:
+                log.warning("node %s: certificate %s expired during the session; closing it",
+                            node, session.identity.serial)
+                asyncio.get_running_loop().create_task(
+                    self.disconnect(node, "client certificate expired"))
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"connected": len(self.sessions)}

@@ -1,0 +1,110 @@
+"""edgecore.yaml: names follow KubeEdge's edgecore.yaml where an equivalent exists.
+
+It holds no join token: `moorage join` uses the token once and never writes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from certs.tls import DEFAULT_TLS12_CIPHERS, check_ciphers
+from moorage import config
+from moorage.config import duration, key
+from moorage.errors import ConfigError
+
+API_VERSION = "edgecore.config.kubeedge.io/v1alpha2"
+DEFAULT_PROJECT_ID = "e632aba927ea4ac2b575ec1603d56f10"  # KubeEdge's default
+
+
+def _host_port(value: str, where: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{where}: expected HOST:PORT, got {value!r}")
+
+
+@dataclass
+class WebSocketClient:
+    enable: bool = True
+    server: str = ""
+    handshake_timeout: float = duration(30.0)
+
+    def validate(self, where: str) -> None:
+        _host_port(self.server, f"{where}.server")
+
+
+@dataclass
+class EdgeHub:
+    heartbeat: float = duration(15.0)
+    project_id: str = key("projectID", DEFAULT_PROJECT_ID)
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_private_key_file: str = ""
+    tls_cipher_suites: list[str] = field(default_factory=lambda: list(DEFAULT_TLS12_CIPHERS))
+    http_server: str = ""
+    rotate_certificates: bool = True
+    websocket: WebSocketClient = field(default_factory=WebSocketClient)
+    reconnect_base: float = duration(1.0)
+    reconnect_max: float = duration(30.0)
+    max_message_bytes: int = 4 * 1024 * 1024
+
+    def validate(self, where: str) -> None:
+        for name, value in (("tlsCaFile", self.tls_ca_file), ("tlsCertFile", self.tls_cert_file),
+                            ("tlsPrivateKeyFile", self.tls_private_key_file)):
+            if not value:
+                raise ConfigError(f"{where}.{name}: required (written by `moorage join`)")
+        if not self.http_server.startswith("https://"):
+            raise ConfigError(f"{where}.httpServer: expected https://HOST:PORT, "
+                              f"got {self.http_server!r}")
+        _host_port(self.http_server.removeprefix("https://").rstrip("/"), f"{where}.httpServer")
+        try:
+            check_ciphers(self.tls_cipher_suites)
+        except Exception as exc:
+            raise ConfigError(f"{where}.tlsCipherSuites: {exc}") from None
+        if self.reconnect_max < self.reconnect_base:
+            raise ConfigError(f"{where}.reconnectMax: must not be below reconnectBase")
+
+
+@dataclass
+class Edged:
+    hostname_override: str = ""
+    node_ip: str = key("nodeIP", "")
+    node_status_update_frequency: float = duration(10.0)
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def validate(self, where: str) -> None:
+        if not self.hostname_override:
+            raise ConfigError(f"{where}.hostnameOverride: required (the node name)")
+
+
+@dataclass
+class Modules:
+    edge_hub: EdgeHub = field(default_factory=EdgeHub)
+    edged: Edged = field(default_factory=Edged)
+
+
+@dataclass
+class EdgeCoreConfig:
+    api_version: str = API_VERSION
+    kind: str = "EdgeCore"
+    data_dir: str = ""
+    key_passphrase_file: str = ""
+    modules: Modules = field(default_factory=Modules)
+
+    def validate(self, where: str) -> None:
+        if self.kind != "EdgeCore":
+            raise ConfigError(f"kind: expected EdgeCore, got {self.kind!r}")
+        if not self.data_dir:
+            raise ConfigError("dataDir: required")
+
+    @property
+    def node_name(self) -> str:
+        return self.modules.edged.hostname_override
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+
+def load(path: str | Path) -> EdgeCoreConfig:
+    return config.load(EdgeCoreConfig, path)

@@ -1,0 +1,222 @@
+"""EdgeHub: the node's connection to the cloud hub.
+
+Dials ``wss://HOST:PORT/<projectID>/<node>/events`` with the node certificate,
+registers the Node, sends KubeEdge keepalives and node status, answers the
+cloud's queries. WebSocket pings both ways with a deadline catch half-open TCP.
+Reconnects with exponential backoff and full jitter. A certificate rotation
+opens the new connection before the old one closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+
+from certs.tls import describe_tls_error
+from edgecore.config import EdgeHub as EdgeHubConfig
+from moorage import envelope
+from moorage.backoff import full_jitter
+from moorage.envelope import Message
+from moorage.errors import ProtocolError
+
+log = logging.getLogger("edgecore.edgehub")
+
+
+class EdgeHub:
+    def __init__(self, cfg: EdgeHubConfig, node_name: str,
+                 ssl_context: Callable[[], ssl.SSLContext],
+                 node_object: Callable[[], dict[str, Any]], status_period: float) -> None:
+        self.cfg, self.node_name, self.status_period = cfg, node_name, status_period
+        self.ssl_context, self.node_object = ssl_context, node_object
+        self.uri = f"wss://{cfg.websocket.server}/{cfg.project_id}/{node_name}/events"
+        self.ws: ClientConnection | None = None
+        self.connected = asyncio.Event()
+        self.waiting: dict[str, asyncio.Future[Message]] = {}
+        self.connects = 0
+        self._switch_lock = asyncio.Lock()
+
+    # ------------------------------------------------------------ connecting
+
+    async def _dial(self) -> ClientConnection:
+        host = self.cfg.websocket.server.rpartition(":")[0].strip("[]")
+        ws = await connect(
+            self.uri, ssl=self.ssl_context(), server_hostname=host,
+            additional_headers={"node_id": self.node_name, "project_id": self.cfg.project_id},
+            compression=None, max_size=self.cfg.max_message_bytes, max_queue=4,
+            ping_interval=self.cfg.heartbeat, ping_timeout=self.cfg.heartbeat,
+            open_timeout=self.cfg.websocket.handshake_timeout, close_timeout=5,
+            user_agent_header="moorage-edgecore",
+        )
+        self.connects += 1
+        log.info("connected to %s as node %s", self.cfg.websocket.server, self.node_name)
+        return ws
+
+    def _explain(self, exc: BaseException) -> str:
+        if isinstance(exc, InvalidStatus):
+            body = exc.response.body.decode("utf-8", "replace").strip() if exc.response.body else ""
+            return f"the cloud refused the connection ({exc.response.status_code}): {body}"
+        if isinstance(exc, ssl.SSLError | ssl.CertificateError):
+            return f"TLS failed: {describe_tls_error(exc)}"
+        if isinstance(exc, TimeoutError):
+            return "no answer in time (is the hub address right and the port open?)"
+        if isinstance(exc, OSError):
+            return f"cannot reach {self.cfg.websocket.server}: {exc.strerror or exc}"
+        return str(exc) or type(exc).__name__
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        delays = full_jitter(self.cfg.reconnect_base, self.cfg.reconnect_max)
+        tasks = [asyncio.create_task(self._heartbeat(stopping)),
+                 asyncio.create_task(self._report_status(stopping))]
+        last_error = ""
+        try:
+            while not stopping.is_set():
+                try:
+                    self.ws = await self._dial()
+                except (OSError, WebSocketException, TimeoutError, ssl.SSLError) as exc:
+                    reason = self._explain(exc)
+                    delay = next(delays)
+                    # Same failure again: keep the log quiet (debug) until something changes.
+                    level = logging.WARNING if reason != last_error else logging.DEBUG
+                    log.log(level, "connecting to the cloud failed: %s; retrying in %.1fs",
+                            reason, delay)
+                    last_error = reason
+                    if await _sleep_or_stop(delay, stopping):
+                        break
+                    continue
+                last_error = ""
+                delays = full_jitter(self.cfg.reconnect_base, self.cfg.reconnect_max)
+                await self._serve_until_lost(stopping)
+        finally:
+            for task in tasks:
+                task.cancel()
+            if self.ws is not None:
+                await self.ws.close()
+
+    async def _serve_until_lost(self, stopping: asyncio.Event) -> None:
+        """Serve the current connection, and any that replaces it, until none is left."""
+        while self.ws is not None and not stopping.is_set():
+            ws = self.ws
+            self.connected.set()
+            reader = asyncio.create_task(self._read(ws))
+            registered = asyncio.create_task(self._register())
+            stop_wait = asyncio.create_task(stopping.wait())
+            await asyncio.wait({reader, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            stop_wait.cancel()
+            registered.cancel()
+            if stopping.is_set():
+                reader.cancel()
+                return
+            if self.ws is ws:  # lost, not replaced
+                self.ws = None
+                self.connected.clear()
+                log.warning("connection to the cloud lost (%s); reconnecting", _close_reason(ws))
+
+    async def switch(self) -> None:
+        """Move to a new connection (after a certificate rotation) without a gap."""
+        async with self._switch_lock:
+            try:
+                new = await self._dial()
+            except (OSError, WebSocketException, TimeoutError, ssl.SSLError) as exc:
+                log.warning("could not open a connection with the new certificate (%s); "
+                            "the current one stays up", self._explain(exc))
+                return
+            old, self.ws = self.ws, new
+            if old is not None:
+                # The reader of `old` ends when it closes; _serve_until_lost moves on to `new`.
+                await old.close(1000, "certificate rotated")
+
+    # ------------------------------------------------------------ messages
+
+    async def send(self, message: Message) -> bool:
+        ws = self.ws
+        if ws is None:
+            return False
+        try:
+            await ws.send(envelope.encode(message))
+            return True
+        except ConnectionClosed:
+            return False
+
+    async def request(self, message: Message, timeout: float) -> Message | None:
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self.waiting[message.msg_id] = future
+        try:
+            if not await self.send(message):
+                return None
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            return None
+        finally:
+            self.waiting.pop(message.msg_id, None)
+
+    async def _register(self) -> None:
+        message = Message(source="edged", group=envelope.GROUP_RESOURCE,
+                          operation=envelope.INSERT, resource=f"default/node/{self.node_name}",
+                          content=self.node_object())
+        answer = await self.request(message, self.cfg.websocket.handshake_timeout)
+        if answer is None:
+            log.warning("the cloud did not acknowledge the node registration")
+        elif answer.operation == envelope.ERROR:
+            log.error("the cloud refused the node registration: %s", answer.content)
+
+    async def _heartbeat(self, stopping: asyncio.Event) -> None:
+        while not await _sleep_or_stop(self.cfg.heartbeat, stopping):
+            await self.send(envelope.keepalive())
+
+    async def _report_status(self, stopping: asyncio.Event) -> None:
+        while not await _sleep_or_stop(self.status_period, stopping):
+            node = self.node_object()
+            await self.send(Message(source="edged", group=envelope.GROUP_RESOURCE,
+                                    operation=envelope.UPDATE,
+                                    resource=f"default/nodestatus/{self.node_name}",
+                                    content={"status": node["status"]}))
+
+    async def _read(self, ws: ClientConnection) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            async for raw in ws:
+                try:
+                    message = envelope.decode(raw, self.cfg.max_message_bytes)
+                except ProtocolError as exc:
+                    log.warning("malformed message from the cloud ignored: %s", exc)
+                    continue
+                await self._dispatch(ws, message)
+
+    async def _dispatch(self, ws: ClientConnection, message: Message) -> None:
+        if message.parent_msg_id:
+            future = self.waiting.get(message.parent_msg_id)
+            if future is not None and not future.done():
+                future.set_result(message)
+            return
+        if message.operation == envelope.QUERY and message.resource.startswith(
+                f"node/{self.node_name}/"):
+            path = message.resource.split("/", 2)[2]
+            status, body = (200, "ok") if path in ("healthz", "readyz", "livez") else (
+                404, f"edgecore serves no {path!r} yet")
+            reply = message.reply({"status": status, "body": body}, source="edgehub")
+        else:
+            reply = message.reply(f"unsupported: {message.operation} {message.resource}",
+                                  source="edgehub", operation=envelope.ERROR)
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(envelope.encode(reply))
+
+
+def _close_reason(ws: ClientConnection) -> str:
+    rcvd = ws.protocol.close_rcvd
+    if rcvd is not None:
+        return f"closed by the cloud: code {rcvd.code} {rcvd.reason}".strip()
+    return "no keepalive answer in time or network error"
+
+
+async def _sleep_or_stop(seconds: float, stopping: asyncio.Event) -> bool:
+    try:
+        await asyncio.wait_for(stopping.wait(), seconds)
+        return True
+    except TimeoutError:
+        return False

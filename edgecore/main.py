@@ -1,0 +1,91 @@
+"""``edgecore --config FILE``: the edge daemon."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from certs import CertError
+from edgecore import config as edge_config
+from edgecore.certmanager import CertManager
+from edgecore.config import EdgeCoreConfig
+from edgecore.edgehub import EdgeHub
+from edgecore.nodeinfo import node_object
+from moorage import __version__, logs
+from moorage.enroll import Endpoint
+from moorage.errors import MoorageError
+
+log = logging.getLogger("edgecore")
+
+
+def _local_ip(server: str) -> str:
+    """The address this machine uses to reach the cloud: the node's InternalIP by default."""
+    host, _, port = server.rpartition(":")
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                           socket.SOCK_DGRAM) as probe:
+            probe.connect((host.strip("[]"), int(port)))  # UDP: no packet is sent
+            return str(probe.getsockname()[0])
+    except OSError:
+        return "127.0.0.1"
+
+
+class EdgeCore:
+    def __init__(self, cfg: EdgeCoreConfig) -> None:
+        self.cfg = cfg
+        hub_cfg = cfg.modules.edge_hub
+        host_port = hub_cfg.http_server.removeprefix("https://").rstrip("/")
+        host, _, port = host_port.rpartition(":")
+        self.certs = CertManager(
+            node_name=cfg.node_name, ca_file=Path(hub_cfg.tls_ca_file),
+            cert_file=Path(hub_cfg.tls_cert_file), key_file=Path(hub_cfg.tls_private_key_file),
+            enrollment=Endpoint(host.strip("[]"), int(port)), ciphers=hub_cfg.tls_cipher_suites,
+            passphrase=logs.passphrase(cfg.key_passphrase_file))
+        self.certs.check()
+        edged = cfg.modules.edged
+        node_ip = edged.node_ip or _local_ip(hub_cfg.websocket.server)
+        self.hub = EdgeHub(hub_cfg, cfg.node_name, self.certs.client_context,
+                           lambda: node_object(cfg.node_name, node_ip, edged.labels),
+                           edged.node_status_update_frequency)
+        self.stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        log.info("edgecore %s starting as node %s", __version__, self.cfg.node_name)
+        tasks = [asyncio.create_task(self.hub.run(self.stopping))]
+        if self.cfg.modules.edge_hub.rotate_certificates:
+            tasks.append(asyncio.create_task(self.certs.run(self.hub.switch, self.stopping)))
+        await self.stopping.wait()
+        log.info("edgecore stopping")
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="edgecore", description=__doc__)
+    parser.add_argument("--config", required=True, help="edgecore.yaml written by moorage join")
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-format", choices=["text", "json"], default="text")
+    args = parser.parse_args(argv)
+    logs.configure(args.log_level, args.log_format)
+    try:
+        cfg = edge_config.load(args.config)
+        asyncio.run(_run(cfg))
+    except (MoorageError, CertError) as exc:
+        print(f"edgecore: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+async def _run(cfg: EdgeCoreConfig) -> None:
+    await EdgeCore(cfg).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
