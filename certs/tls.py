@@ -155,7 +155,7 @@ def client_context_from_pem(
 
 def describe_tls_error(exc: BaseException) -> str:
     """Turn an OpenSSL error into a sentence an operator can act on."""
-    text = str(getattr(exc, "reason", None) or exc).upper()
+    text = f"{getattr(exc, 'reason', None) or ''} {exc}".upper()
     hints = [
         ("UNSUPPORTED_PROTOCOL", "the peer offered a TLS version below 1.2: upgrade it"),
         ("WRONG_VERSION_NUMBER", "the peer does not speak TLS here (wrong port or plain HTTP?)"),

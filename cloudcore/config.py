@@ -49,7 +49,7 @@ class CloudHub:
     max_message_bytes: int = 4 * 1024 * 1024
     handshake_timeout: float = duration(30.0)
     # Enrollment endpoint: requests per minute per client address, and in total.
-    enroll_rate_per_client: int = 30
+    enroll_rate_per_client: int = 60
     enroll_rate_total: int = 600
 
     def validate(self, where: str) -> None:

@@ -38,7 +38,7 @@ class Enrollment:
         self.authority, self.store, self.token_key = authority, store, token_key
         self.is_connected, self.on_revoke = is_connected, on_revoke
         self.per_client = KeyedLimiter(per_client_per_minute)
-        self.total = TokenBucket(total_per_minute / 60.0, max(1.0, total_per_minute / 6.0))
+        self.total = TokenBucket(total_per_minute / 60.0, max(1.0, total_per_minute / 2.0))
         self.ca_der = pki.cert_to_der(authority.ca.cert)
 
     def app(self) -> web.Application:

@@ -3,7 +3,8 @@
 CPython 3.11's ``asyncio.sslproto.SSLProtocol`` gives every TLS connection a
 256 KiB read buffer, which dominates the memory of thousands of idle edge
 connections; frames are capped far below that anyway. It also reports failed
-handshakes only in debug mode, leaving operators blind to refused clients. The
+handshakes only in debug mode, leaving operators blind to refused clients, and
+drops the TLS alert that would tell the client why. The
 loop below uses a subclass that fixes both. It overrides private asyncio hooks
 (``_make_ssl_transport``), checked against CPython 3.11 and 3.12.
 """
@@ -11,6 +12,7 @@ loop below uses a subclass that fixes both. It overrides private asyncio hooks
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from asyncio import sslproto
 from typing import Any
@@ -34,6 +36,10 @@ class _SmallBufferSSLProtocol(sslproto.SSLProtocol):
             else:
                 reason = describe_tls_error(handshake_exc)
             log.warning("TLS handshake refused from %s: %s", where, reason)
+            # Send OpenSSL's alert before closing, so the client learns why (the stock
+            # protocol aborts with the alert still queued, and clients see a bare EOF).
+            with contextlib.suppress(Exception):
+                self._process_outgoing()
         super()._on_handshake_complete(handshake_exc)
 
 

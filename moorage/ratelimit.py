@@ -29,7 +29,7 @@ class KeyedLimiter:
     def __init__(self, per_minute: int, max_keys: int = 10_000,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = per_minute / 60.0
-        self.burst = max(1.0, per_minute / 6.0)
+        self.burst = max(1.0, per_minute / 2.0)
         self.max_keys, self.clock = max_keys, clock
         self.buckets: OrderedDict[str, TokenBucket] = OrderedDict()
 

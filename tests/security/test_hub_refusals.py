@@ -1,0 +1,230 @@
+"""Everyone who is not an enrolled node, on its own behalf, is refused with a clear reason."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import socket
+import ssl
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import ClientConnection, connect
+
+from certs import pki, tls
+from moorage import envelope
+from tests.support import Cloud, Edge, Env, join, make_cloud, wait_for
+
+PROJECT = "e632aba927ea4ac2b575ec1603d56f10"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cloud, Edge, Edge]]:
+    env = Env(tmp_path_factory.mktemp("refusals"))
+    try:
+        cloud = make_cloud(env, maxMessageBytes=1024 * 1024).start()
+        token = cloud.token()
+        yield cloud, join(cloud, "alpha", token), join(cloud, "beta", token)
+    finally:
+        env.close()
+
+
+def _hub_url(cloud: Cloud, node: str) -> str:
+    return f"wss://127.0.0.1:{cloud.hub_port}/{PROJECT}/{node}/events"
+
+
+def _node_ctx(edge: Edge) -> ssl.SSLContext:
+    return tls.client_context(ca_file=edge.pki / "ca.crt", cert_file=edge.pki / "edge.crt",
+                              key_file=edge.pki / "edge.key")
+
+
+def _dial(cloud: Cloud, node: str, ctx: ssl.SSLContext) -> ClientConnection:
+    return connect(_hub_url(cloud, node), ssl=ctx, server_hostname="127.0.0.1",
+                   open_timeout=10, compression=None, max_size=None)
+
+
+def _raw_handshake(cloud: Cloud, ctx: ssl.SSLContext) -> tuple[int, BaseException | None]:
+    """Handshake, then try a read: TLS 1.3 reports client-certificate refusals on first read."""
+    sock = socket.create_connection(("127.0.0.1", cloud.hub_port), timeout=10)
+    port = sock.getsockname()[1]
+    try:
+        with ctx.wrap_socket(sock, server_hostname="127.0.0.1") as tls_sock:
+            tls_sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            tls_sock.recv(100)
+    except (ssl.SSLError, ConnectionError) as exc:
+        return port, exc
+    finally:
+        sock.close()
+    return port, None
+
+
+def _refusal_logged(cloud: Cloud, port: int, phrase: str) -> str:
+    def logged() -> str | None:
+        for line in cloud.log().splitlines():
+            if f"TLS handshake refused from 127.0.0.1:{port}" in line:
+                return line
+        return None
+
+    line = wait_for(logged, 10, what=f"a refusal line for port {port}:\n{cloud.log()[-2000:]}")
+    assert phrase in line, line
+    return line
+
+
+def _bare_ctx(edge: Edge | None = None) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    if edge is not None:
+        ctx.load_cert_chain(edge.pki / "edge.crt", edge.pki / "edge.key")
+    return ctx
+
+
+def test_tls_1_1_is_refused(world: tuple[Cloud, Edge, Edge]) -> None:
+    cloud, alpha, _ = world
+    ctx = _bare_ctx(alpha)
+    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    with warnings.catch_warnings():  # TLS 1.1 is deprecated: that is the point
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+    port, error = _raw_handshake(cloud, ctx)
+    assert isinstance(error, ssl.SSLError)
+    assert "VERSION" in str(error).upper()
+    _refusal_logged(cloud, port, "TLS version below 1.2")
+
+
+def test_tls_1_2_with_only_non_allowlisted_ciphers_is_refused(
+        world: tuple[Cloud, Edge, Edge]) -> None:
+    cloud, alpha, _ = world
+    ctx = _bare_ctx(alpha)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers("AES128-SHA")
+    port, error = _raw_handshake(cloud, ctx)
+    assert isinstance(error, ssl.SSLError)
+    assert "HANDSHAKE" in str(error).upper()
+    _refusal_logged(cloud, port, "no shared cipher")
+
+
+def test_allowlisted_tls_1_2_cipher_is_accepted(world: tuple[Cloud, Edge, Edge]) -> None:
+    cloud, alpha, _ = world
+    ctx = _node_ctx(alpha)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    with _dial(cloud, "alpha", ctx) as ws:
+        assert ws.socket.version() == "TLSv1.2"  # type: ignore[attr-defined]
+        assert ws.socket.cipher()[0] == "ECDHE-ECDSA-AES128-GCM-SHA256"  # type: ignore
+
+
+def test_no_client_certificate_is_refused(world: tuple[Cloud, Edge, Edge]) -> None:
+    cloud, _, _ = world
+    port, error = _raw_handshake(cloud, _bare_ctx())
+    assert error is not None and "CERTIFICATE_REQUIRED" in str(error).upper()
+    _refusal_logged(cloud, port, "no client certificate")
+
+
+def _foreign_or_expired_ctx(cloud: Cloud, tmp: Path, *, expired: bool) -> ssl.SSLContext:
+    if expired:
+        ca = pki.load_pair(pki.PairPaths(cloud.dir / "pki" / "ca.crt",
+                                         cloud.dir / "pki" / "ca.key"))
+    else:
+        ca = pki.create_ca("someone-else")
+    key = pki.generate_key()
+    start = pki.utcnow() - dt.timedelta(hours=2) if expired else None
+    cert = pki.sign(ca, pki.node_subject("alpha"), key.public_key(),
+                    lifetime=dt.timedelta(hours=1), client=True, now=start)
+    pki.save_pair(pki.Issued(key, cert), pki.PairPaths(tmp / "c.crt", tmp / "c.key"))
+    ctx = _bare_ctx()
+    ctx.load_cert_chain(tmp / "c.crt", tmp / "c.key")
+    return ctx
+
+
+def test_certificate_from_another_ca_is_refused(world: tuple[Cloud, Edge, Edge],
+                                                tmp_path: Path) -> None:
+    cloud, _, _ = world
+    port, error = _raw_handshake(cloud, _foreign_or_expired_ctx(cloud, tmp_path, expired=False))
+    assert error is not None and "UNKNOWN_CA" in str(error).upper()
+    _refusal_logged(cloud, port, "issued by another CA")
+
+
+def test_expired_certificate_is_refused(world: tuple[Cloud, Edge, Edge], tmp_path: Path) -> None:
+    cloud, _, _ = world
+    port, error = _raw_handshake(cloud, _foreign_or_expired_ctx(cloud, tmp_path, expired=True))
+    assert error is not None and "EXPIRED" in str(error).upper()
+    _refusal_logged(cloud, port, "certificate has expired")
+
+
+def test_path_naming_another_node_is_refused(world: tuple[Cloud, Edge, Edge]) -> None:
+    cloud, alpha, _ = world
+    with pytest.raises(InvalidStatus) as refused:
+        _dial(cloud, "beta", _node_ctx(alpha))
+    assert refused.value.response.status_code == 403
+    assert b"certificate is for node 'alpha'" in refused.value.response.body
+    wait_for(lambda: "the certificate is for node 'alpha' but the request names node 'beta'"
+             in cloud.log(), 10, what="the refusal in the cloud log")
+
+
+def test_message_about_another_nodes_objects_is_refused(world: tuple[Cloud, Edge, Edge]) -> None:
+    cloud, alpha, _ = world
+    with _dial(cloud, "alpha", _node_ctx(alpha)) as ws:
+        forged = envelope.Message(source="edged", group="resource", operation="update",
+                                  resource="default/nodestatus/beta",
+                                  content={"status": {"capacity": {"cpu": "999"}}})
+        ws.send(envelope.encode(forged))
+        answer = envelope.decode(ws.recv(timeout=10))
+    assert answer.parent_msg_id == forged.msg_id
+    assert answer.operation == "error"
+    assert "may not report about node 'beta'" in answer.content
+    assert cloud.nodes().get("beta", {}).get("status", {}).get("capacity", {}).get("cpu") != "999"
+
+
+def test_oversized_frame_closes_only_that_connection(world: tuple[Cloud, Edge, Edge]) -> None:
+    cloud, alpha, beta = world
+    with _dial(cloud, "beta", _node_ctx(beta)) as bystander:
+        with pytest.raises(ConnectionClosed) as closed, _dial(cloud, "alpha",
+                                                            _node_ctx(alpha)) as offender:
+            offender.send("x" * (1024 * 1024 + 1))
+            offender.recv(timeout=10)
+        # The close frame (1009) races the TCP reset caused by the unread rest of the frame;
+        # when it arrives it must carry 1009, and the cloud's log must say so either way.
+        assert closed.value.rcvd is None or closed.value.rcvd.code == 1009
+        probe = envelope.Message(source="edged", group="resource", operation="update",
+                                 resource="default/nodestatus/beta", content={"status": {}})
+        bystander.send(envelope.encode(probe))
+        answer = envelope.decode(bystander.recv(timeout=10))
+        assert answer.parent_msg_id == probe.msg_id and answer.operation == "response"
+    wait_for(lambda: "node alpha sent a frame larger than 1048576 bytes: its connection was "
+             "closed (code 1009)" in cloud.log(), 10,
+             what="the oversize line in the cloud log")
+
+
+def test_malformed_message_is_ignored_and_connection_survives(
+        world: tuple[Cloud, Edge, Edge]) -> None:
+    cloud, alpha, _ = world
+    with _dial(cloud, "alpha", _node_ctx(alpha)) as ws:
+        ws.send("{not json")
+        ws.send(json.dumps({"header": {"msg_id": 5}, "route": {}}))
+        probe = envelope.Message(source="edged", group="resource", operation="update",
+                                 resource="default/nodestatus/alpha", content={"status": {}})
+        ws.send(envelope.encode(probe))
+        assert envelope.decode(ws.recv(timeout=10)).parent_msg_id == probe.msg_id
+    log = cloud.log()
+    assert "node alpha sent a malformed message, ignored: message is not valid JSON" in log
+    assert "header.msg_id: expected str, got int" in log
+
+
+def test_revoked_certificate_is_refused_after_node_delete(world: tuple[Cloud, Edge, Edge],
+                                                          tmp_path: Path) -> None:
+    cloud, _, _ = world
+    victim = join(cloud, "victim").start()
+    wait_for(lambda: cloud.node_ready("victim") is True, what="victim Ready")
+    out = cloud.moorage("delete", "node", "victim").stdout
+    assert "revoked" in out
+    victim.daemon.wait_log("closed by the cloud: code 1008 node deleted")  # type: ignore[union-attr]
+    victim.stop()
+    assert cloud.node_ready("victim") is None
+    with pytest.raises(InvalidStatus) as refused:
+        _dial(cloud, "victim", _node_ctx(victim))
+    assert refused.value.response.status_code == 403
+    assert b"has been revoked" in refused.value.response.body
+    assert "node victim: certificate" in cloud.log() and "has been revoked" in cloud.log()
