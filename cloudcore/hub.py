@@ -161,6 +161,12 @@ class Hub:
             pass
         finally:
             self._closed(session)
+        successor = self.sessions.get(node)
+        if successor is not None:
+            # Requests may have gone out on this connection after the successor's own
+            # resend; their answers died with it. Send them again (the edge answers by id).
+            for message, _ in list(self.pending.get(node, {}).values()):
+                await self._send(successor, message)
 
     def _closed(self, session: Session) -> None:
         ws = session.ws
@@ -197,6 +203,9 @@ class Hub:
             waiting = self.pending.get(node, {}).pop(message.parent_msg_id, None)
             if waiting is not None and not waiting[1].done():
                 waiting[1].set_result(message)
+            else:
+                log.debug("node %s: late or duplicate response to %s ignored", node,
+                          message.parent_msg_id)
             return
         try:
             reply = self._apply(node, message)
@@ -240,10 +249,16 @@ class Hub:
         try:
             await self._send(self.sessions[node], message)
             return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            log.warning("node %s did not answer request %s (%s) within %gs", node,
+                        message.msg_id, message.resource, timeout)
+            raise
         finally:
             waiting.pop(message.msg_id, None)
-            if not waiting:
-                self.pending.pop(node, None)
+            # Drop the node's table when empty, but only if it is still the current one:
+            # another request may already have started a new table for this node.
+            if not waiting and self.pending.get(node) is waiting:
+                del self.pending[node]
 
     async def disconnect(self, node: str, reason: str) -> None:
         session = self.sessions.pop(node, None)

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -125,7 +126,7 @@ class CloudCore:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cloudcore", description=__doc__)
     parser.add_argument("--config", required=True, help="cloudcore.yaml written by moorage init")
-    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-level", default=os.environ.get("MOORAGE_LOG_LEVEL", "info"))
     parser.add_argument("--log-format", choices=["text", "json"], default="text")
     args = parser.parse_args(argv)
     logs.configure(args.log_level, args.log_format)

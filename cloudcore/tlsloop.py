@@ -31,11 +31,15 @@ class _SmallBufferSSLProtocol(sslproto.SSLProtocol):
         if handshake_exc is not None and self._server_side:
             peer = self._transport.get_extra_info("peername") if self._transport else None
             where = f"{peer[0]}:{peer[1]}" if peer else "unknown peer"
-            if isinstance(handshake_exc, TimeoutError | ConnectionError):
-                reason = f"no TLS handshake in time or connection dropped ({handshake_exc!r})"
+            dropped = (isinstance(handshake_exc, type)
+                       and issubclass(handshake_exc, TimeoutError | ConnectionError)) or \
+                isinstance(handshake_exc, TimeoutError | ConnectionError)
+            if dropped:
+                # Port probes and load-balancer health checks do this all day long.
+                log.debug("connection from %s closed before the TLS handshake ended", where)
             else:
-                reason = describe_tls_error(handshake_exc)
-            log.warning("TLS handshake refused from %s: %s", where, reason)
+                log.warning("TLS handshake refused from %s: %s", where,
+                            describe_tls_error(handshake_exc))
             # Send OpenSSL's alert before closing, so the client learns why (the stock
             # protocol aborts with the alert still queued, and clients see a bare EOF).
             with contextlib.suppress(Exception):

@@ -113,6 +113,8 @@ class EdgeHub:
             if stopping.is_set():
                 reader.cancel()
                 return
+            async with self._switch_lock:
+                pass  # a rotation in flight decides whether `ws` was replaced or lost
             if self.ws is ws:  # lost, not replaced
                 self.ws = None
                 self.connected.clear()
@@ -189,6 +191,7 @@ class EdgeHub:
                 await self._dispatch(ws, message)
 
     async def _dispatch(self, ws: ClientConnection, message: Message) -> None:
+        log.debug("received %s %s %s", message.operation, message.resource, message.msg_id)
         if message.parent_msg_id:
             future = self.waiting.get(message.parent_msg_id)
             if future is not None and not future.done():
@@ -203,8 +206,11 @@ class EdgeHub:
         else:
             reply = message.reply(f"unsupported: {message.operation} {message.resource}",
                                   source="edgehub", operation=envelope.ERROR)
-        with contextlib.suppress(ConnectionClosed):
-            await ws.send(envelope.encode(reply))
+        # Answer on the current connection: after a rotation the one the query came on
+        # may already be closing.
+        if not await self.send(reply):
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(envelope.encode(reply))
 
 
 def _close_reason(ws: ClientConnection) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import socket
 import sys
@@ -70,7 +71,7 @@ class EdgeCore:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edgecore", description=__doc__)
     parser.add_argument("--config", required=True, help="edgecore.yaml written by moorage join")
-    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-level", default=os.environ.get("MOORAGE_LOG_LEVEL", "info"))
     parser.add_argument("--log-format", choices=["text", "json"], default="text")
     args = parser.parse_args(argv)
     logs.configure(args.log_level, args.log_format)

@@ -88,6 +88,30 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_renew_server(args: argparse.Namespace) -> int:
+    """A new server key and certificate, for new addresses or before the old one expires."""
+    from cloudcore import config as cloud_config
+
+    cfg_path = Path(args.data_dir).resolve() / "cloudcore.yaml"
+    cfg = cloud_config.load(cfg_path)
+    hub = cfg.modules.cloud_hub
+    if args.advertise_address:
+        hub.advertise_address = [a.strip() for a in args.advertise_address.split(",")
+                                 if a.strip()]
+        config.save(cfg, cfg_path, "# Written by `moorage init`. Reference: docs/")
+    secret = _passphrase()
+    ca = pki.load_pair(pki.PairPaths(Path(hub.tls_ca_file), Path(hub.tls_ca_key_file)), secret)
+    server = pki.issue(ca, pki.subject("moorage-cloudcore"), lifetime=dt.timedelta(days=730),
+                       server=True, sans=[*hub.advertise_address, "localhost"])
+    pki.save_pair(server, pki.PairPaths(Path(hub.tls_cert_file), Path(hub.tls_private_key_file)),
+                  secret)
+    print(f"New server certificate {pki.serial_hex(server.cert.serial_number)} for "
+          f"{', '.join(hub.advertise_address)}, valid until "
+          f"{pki.not_valid_after(server.cert):%Y-%m-%d}.")
+    print("Load it without dropping nodes: `systemctl reload cloudcore` (or send SIGHUP).")
+    return 0
+
+
 # ---------------------------------------------------------------- cloud-facing
 
 def _client(args: argparse.Namespace) -> AdminClient:
@@ -253,6 +277,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key-algorithm", choices=["ecdsa-p256", "rsa"], default="ecdsa-p256")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("certs", help="certificate chores on the cloud")
+    certs_sub = p.add_subparsers(dest="certs_command", required=True)
+    p = certs_sub.add_parser("renew-server", help="issue a new server certificate (SIGHUP "
+                                                  "cloudcore to load it)")
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--advertise-address", help="replace the addresses the certificate names")
+    p.set_defaults(func=cmd_renew_server)
 
     p = cloud(sub.add_parser("gettoken", help="print a join token"))
     p.add_argument("--ttl", default="24h", help="lifetime, e.g. 2h or 24h (at most 168h)")
