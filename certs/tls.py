@@ -174,12 +174,13 @@ def describe_tls_error(exc: BaseException) -> str:
         ("UNABLE TO GET LOCAL ISSUER", "the certificate was issued by another CA: enroll "
                                        "against this cloud"),
         ("SELF-SIGNED", "the certificate was issued by another CA: enroll against this cloud"),
+        ("IP ADDRESS MISMATCH", "the cloud's certificate does not name this address: add it "
+                                "with `moorage certs renew-server --advertise-address` on the "
+                                "cloud"),
+        ("HOSTNAME MISMATCH", "the cloud's certificate does not name this host: add it with "
+                              "`moorage certs renew-server --advertise-address` on the cloud"),
         ("CERTIFICATE_VERIFY_FAILED", "the certificate could not be verified"),
         ("BAD_CERTIFICATE", "the peer rejected our certificate"),
-        ("IP ADDRESS MISMATCH", "the cloud's certificate does not name this address: add it with "
-                                "`moorage init --advertise-address` on the cloud"),
-        ("HOSTNAME MISMATCH", "the cloud's certificate does not name this host: add it with "
-                              "`moorage init --advertise-address` on the cloud"),
     ]
     for needle, hint in hints:
         if needle in text or needle.replace("_", " ") in text:

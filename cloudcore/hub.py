@@ -79,7 +79,7 @@ class Hub:
             ping_interval=s.keepalive_interval,
             ping_timeout=s.keepalive_interval,
             open_timeout=s.handshake_timeout,
-            close_timeout=5,
+            close_timeout=min(5.0, s.keepalive_interval),
             server_header=None,
             backlog=4096,
         )

@@ -51,7 +51,8 @@ class EdgeHub:
             additional_headers={"node_id": self.node_name, "project_id": self.cfg.project_id},
             compression=None, max_size=self.cfg.max_message_bytes, max_queue=4,
             ping_interval=self.cfg.heartbeat, ping_timeout=self.cfg.heartbeat,
-            open_timeout=self.cfg.websocket.handshake_timeout, close_timeout=5,
+            open_timeout=self.cfg.websocket.handshake_timeout,
+            close_timeout=min(5.0, self.cfg.heartbeat),
             user_agent_header="moorage-edgecore",
         )
         self.connects += 1

@@ -15,7 +15,7 @@ def full_jitter(
 ) -> Iterator[float]:
     """Yield delays forever: attempt n waits uniform(0, min(cap, base * factor**n))."""
     draw = rng or random.Random()
-    ceiling = base
+    ceiling = min(cap, base)
     while True:
         yield draw.uniform(0.0, ceiling)
         ceiling = min(cap, ceiling * factor)

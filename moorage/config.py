@@ -103,6 +103,12 @@ def from_mapping(cls: type[T], data: Any, where: str = "") -> T:
         raise ConfigError(f"{where + '.' if where else ''}{key}: unknown field{hint}")
     values = {}
     for key, f in fields.items():
+        if key not in data and dataclasses.is_dataclass(hints[f.name]):
+            # A missing section gets its defaults, validated like a written one.
+            path = f"{where}.{key}" if where else key
+            section = f.default_factory() if callable(f.default_factory) else f.default
+            _validate_tree(section, path)
+            values[f.name] = section
         if key in data:
             path = f"{where}.{key}" if where else key
             if f.metadata.get("duration"):
@@ -114,6 +120,16 @@ def from_mapping(cls: type[T], data: Any, where: str = "") -> T:
     if callable(check):
         check(where)
     return obj
+
+
+def _validate_tree(obj: Any, where: str) -> None:
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _validate_tree(value, f"{where}.{yaml_key(f)}")
+    check = getattr(obj, "validate", None)
+    if callable(check):
+        check(where)
 
 
 def to_mapping(obj: Any) -> Any:

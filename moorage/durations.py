@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 
 from moorage.errors import ConfigError
 
+MAX_SECONDS = 100 * 365 * 86400.0
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 
 
 def parse_seconds(text: str | float | int, what: str = "duration") -> float:
     """Seconds in ``text``; a bare number is seconds."""
-    if isinstance(text, bool):
+    if isinstance(text, bool) or not isinstance(text, str | int | float):
         raise ConfigError(f"{what}: expected a duration such as 30s or 24h, got {text!r}")
     if isinstance(text, int | float):
-        value = float(text)
+        try:
+            value = float(text)
+        except OverflowError:
+            raise ConfigError(f"{what}: {text!r} is out of range") from None
     else:
         spec = text.strip()
         pos, value = 0, 0.0
@@ -32,6 +37,8 @@ def parse_seconds(text: str | float | int, what: str = "duration") -> float:
                 raise ConfigError(
                     f"{what}: {text!r} is not a duration: write for example 30s, 15m, 24h or 365d"
                 ) from None
+    if not math.isfinite(value) or value > MAX_SECONDS:
+        raise ConfigError(f"{what}: {text!r} is not a usable duration (at most 100 years)")
     if value <= 0:
         raise ConfigError(f"{what}: must be positive, got {text!r}")
     return value

@@ -13,6 +13,7 @@ and every problem raises :class:`ProtocolError` naming the field.
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -93,11 +94,20 @@ def _field(obj: dict[str, Any], name: str, kind: type, where: str, default: Any)
     return value
 
 
+MAX_TIMESTAMP_MS = 2**63 - 1  # KubeEdge sends an int64
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def decode(data: str | bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Message:
     if len(data) > max_bytes:
         raise ProtocolError(f"message of {len(data)} bytes exceeds the {max_bytes}-byte limit")
     try:
-        obj = json.loads(data)
+        obj = json.loads(data, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ProtocolError("message is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"message is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
@@ -114,7 +124,8 @@ def decode(data: str | bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Mes
     if not operation:
         raise ProtocolError("route.operation: required")
     timestamp = header.get("timestamp", 0)
-    if isinstance(timestamp, bool) or not isinstance(timestamp, int | float):
+    if isinstance(timestamp, bool) or not isinstance(timestamp, int | float) or \
+            not math.isfinite(timestamp) or abs(timestamp) > MAX_TIMESTAMP_MS:
         raise ProtocolError("header.timestamp: expected milliseconds since the epoch")
     return Message(
         source=_field(route, "source", str, "route", ""),

@@ -85,8 +85,8 @@ def verify_jwt(key: bytes, jwt: str, now: float | None = None) -> dict[str, obje
     try:
         header = json.loads(_unb64(header_b64))
         claims = json.loads(_unb64(payload_b64))
-    except ValueError as exc:
-        raise TokenError("malformed token: its JWT parts are not JSON") from exc
+    except (ValueError, RecursionError):
+        raise TokenError("malformed token: its JWT parts are not JSON") from None
     if not isinstance(header, dict) or header.get("alg") != "HS256":
         raise TokenError("token refused: only HS256 tokens issued by this cloud are accepted")
     expected = hmac.new(key, f"{header_b64}.{payload_b64}".encode("ascii"), hashlib.sha256).digest()

@@ -47,6 +47,10 @@ def load_all(
         raise ManifestError(f"{source}: invalid YAML at {where}: {exc.problem}") from None
     except yaml.YAMLError as exc:
         raise ManifestError(f"{source}: invalid YAML: {exc}") from None
+    except RecursionError:
+        raise ManifestError(f"{source}: YAML nested too deeply") from None
+    except ValueError as exc:  # e.g. an impossible date such as 2024-02-30
+        raise ManifestError(f"{source}: invalid value in YAML: {exc}") from None
 
 
 def load_one(text: str | bytes, source: str = "input", limit: int = MAX_YAML_BYTES) -> Any:

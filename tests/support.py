@@ -11,6 +11,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -259,3 +260,87 @@ def sandbox(tmp_path: Path) -> Iterator[Env]:
         yield env
     finally:
         env.close()
+
+
+class FaultProxy:
+    """A TCP relay on loopback that can freeze traffic (a half-open link) and heal.
+
+    Frozen: bytes are read and dropped, nothing is closed, exactly like a peer
+    that vanished behind a NAT or a cut cable. Runs in a thread; ``close()`` stops it.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        import selectors
+
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.frozen = False
+        self.pairs: dict[socket.socket, socket.socket] = {}
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.listener, selectors.EVENT_READ)
+        self.stopping = False
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        import selectors
+
+        while not self.stopping:
+            for key, _ in self.selector.select(timeout=0.1):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                if sock is self.listener:
+                    client, _ = self.listener.accept()
+                    try:
+                        upstream = socket.create_connection(("127.0.0.1", self.target_port), 5)
+                    except OSError:
+                        client.close()
+                        continue
+                    with self.lock:
+                        self.pairs[client], self.pairs[upstream] = upstream, client
+                    for s in (client, upstream):
+                        self.selector.register(s, selectors.EVENT_READ)
+                    continue
+                try:
+                    data = sock.recv(65536)
+                except OSError:
+                    data = b""
+                peer = self.pairs.get(sock)
+                if not data or peer is None:
+                    self._drop(sock)
+                    continue
+                if not self.frozen:
+                    with contextlib.suppress(OSError):
+                        peer.sendall(data)
+
+    def _drop(self, sock: socket.socket) -> None:
+        with self.lock:
+            peer = self.pairs.pop(sock, None)
+            if peer is not None:
+                self.pairs.pop(peer, None)
+        for s in (sock, peer):
+            if s is not None:
+                with contextlib.suppress(Exception):
+                    self.selector.unregister(s)
+                s.close()
+
+    def freeze(self) -> None:
+        self.frozen = True
+
+    def heal(self) -> None:
+        """Forward again; connections that lived through the freeze are cut (state is lost)."""
+        with self.lock:
+            stale = list(self.pairs)
+        for sock in stale:
+            if sock in self.pairs:
+                self._drop(sock)
+        self.frozen = False
+
+    def close(self) -> None:
+        self.stopping = True
+        self.thread.join(5)
+        for sock in list(self.pairs):
+            self._drop(sock)
+        self.listener.close()
