@@ -19,6 +19,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
+from certs import CertError
 from certs.tls import describe_tls_error
 from edgecore.config import EdgeHub as EdgeHubConfig
 from moorage import envelope
@@ -32,8 +33,10 @@ log = logging.getLogger("edgecore.edgehub")
 class EdgeHub:
     def __init__(self, cfg: EdgeHubConfig, node_name: str,
                  ssl_context: Callable[[], ssl.SSLContext],
-                 node_object: Callable[[], dict[str, Any]], status_period: float) -> None:
+                 node_object: Callable[[], dict[str, Any]], status_period: float,
+                 preflight: Callable[[], None] = lambda: None) -> None:
         self.cfg, self.node_name, self.status_period = cfg, node_name, status_period
+        self.preflight = preflight  # raises CertError when our certificate cannot work
         self.ssl_context, self.node_object = ssl_context, node_object
         self.uri = f"wss://{cfg.websocket.server}/{cfg.project_id}/{node_name}/events"
         self.ws: ClientConnection | None = None
@@ -45,6 +48,7 @@ class EdgeHub:
     # ------------------------------------------------------------ connecting
 
     async def _dial(self) -> ClientConnection:
+        self.preflight()
         host = self.cfg.websocket.server.rpartition(":")[0].strip("[]")
         ws = await connect(
             self.uri, ssl=self.ssl_context(), server_hostname=host,
@@ -60,6 +64,12 @@ class EdgeHub:
         return ws
 
     def _explain(self, exc: BaseException) -> str:
+        # websockets wraps TLS failures seen while reading the HTTP response.
+        cause = exc.__cause__ or exc.__context__
+        if not isinstance(exc, ssl.SSLError) and isinstance(cause, ssl.SSLError):
+            exc = cause
+        if isinstance(exc, CertError):
+            return str(exc)
         if isinstance(exc, InvalidStatus):
             body = exc.response.body.decode("utf-8", "replace").strip() if exc.response.body else ""
             return f"the cloud refused the connection ({exc.response.status_code}): {body}"
@@ -80,7 +90,8 @@ class EdgeHub:
             while not stopping.is_set():
                 try:
                     self.ws = await self._dial()
-                except (OSError, WebSocketException, TimeoutError, ssl.SSLError) as exc:
+                except (OSError, WebSocketException, TimeoutError, ssl.SSLError,
+                        CertError) as exc:
                     reason = self._explain(exc)
                     delay = next(delays)
                     # Same failure again: keep the log quiet (debug) until something changes.
@@ -126,7 +137,7 @@ class EdgeHub:
         async with self._switch_lock:
             try:
                 new = await self._dial()
-            except (OSError, WebSocketException, TimeoutError, ssl.SSLError) as exc:
+            except (OSError, WebSocketException, TimeoutError, ssl.SSLError, CertError) as exc:
                 log.warning("could not open a connection with the new certificate (%s); "
                             "the current one stays up", self._explain(exc))
                 return

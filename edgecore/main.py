@@ -52,7 +52,7 @@ class EdgeCore:
         node_ip = edged.node_ip or _local_ip(hub_cfg.websocket.server)
         self.hub = EdgeHub(hub_cfg, cfg.node_name, self.certs.client_context,
                            lambda: node_object(cfg.node_name, node_ip, edged.labels),
-                           edged.node_status_update_frequency)
+                           edged.node_status_update_frequency, preflight=self.certs.check)
         self.stopping = asyncio.Event()
 
     async def run(self) -> None:
