@@ -352,9 +352,17 @@ async def _simulate(first: int, count: int, opts: dict[str, Any], ctrl: Connecti
 
 # ---------------------------------------------------------------- baseline server (child mode)
 
-def serve_baseline(port: int, pki_dir: Path) -> int:
-    """A bare websockets server with mutual TLS, stock asyncio loop; reads until close."""
+def serve_baseline(port: int, pki_dir: Path, ssl_buffer_kib: int | None) -> int:
+    """A bare websockets server with mutual TLS, stock asyncio loop; reads until close.
+
+    ``ssl_buffer_kib`` (the optional ``baseline-16k`` server only) shrinks asyncio's
+    per-connection TLS read buffer, to tell that buffer apart from everything else.
+    """
     raise_nofile()
+    if ssl_buffer_kib:
+        from asyncio import sslproto
+
+        sslproto.SSLProtocol.max_size = ssl_buffer_kib * 1024
     from websockets.asyncio.server import ServerConnection, serve
     from websockets.exceptions import ConnectionClosed
 
@@ -462,11 +470,13 @@ def start_cloudcore(root: Path, data_dir: Path, hub_port: int, env: dict[str, st
     return daemon
 
 
-def start_baseline(root: Path, data_dir: Path, env: dict[str, str]) -> Daemon:
+def start_baseline(root: Path, data_dir: Path, env: dict[str, str], name: str) -> Daemon:
     port = free_port()
-    daemon = spawn("baseline", [sys.executable, str(Path(__file__).resolve()), "--serve-baseline",
-                                "--port", str(port), "--pki", str(data_dir / "pki")],
-                   root / "baseline.log", env, port)
+    argv = [sys.executable, str(Path(__file__).resolve()), "--serve-baseline",
+            "--port", str(port), "--pki", str(data_dir / "pki")]
+    if name == "baseline-16k":
+        argv += ["--ssl-buffer-kib", "16"]
+    daemon = spawn(name, argv, root / f"{name}.log", env, port)
     daemon.wait_log("baseline listening", 30)
     return daemon
 
@@ -670,7 +680,8 @@ def report(results: list[Result], args: argparse.Namespace, facts: dict[str, str
     print("| server | N connected | handshakes/s | RSS/conn KiB | idle CPU % |")
     print("|---|---:|---:|---:|---:|")
     for r in results:
-        label = "cloudcore" if r.server == "cloudcore" else "bare websockets (baseline)"
+        label = {"cloudcore": "cloudcore", "baseline": "bare websockets (baseline)",
+                 "baseline-16k": "bare websockets, 16 KiB TLS buffer"}[r.server]
         print(f"| {label} | {r.connected:,} | {r.handshakes_per_s:,.0f} | "
               f"{r.rss_per_conn_kib:,.1f} | {r.idle_cpu_pct:.2f} |")
     by_name = {r.server: r for r in results}
@@ -739,7 +750,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=64,
                         help="handshakes in flight per simulator process (default 64)")
     parser.add_argument("--servers", default="cloudcore,baseline",
-                        help="which servers to measure, in order (default cloudcore,baseline)")
+                        help="which servers to measure, in order (default cloudcore,baseline; "
+                             "also baseline-16k: the baseline with a 16 KiB asyncio TLS read "
+                             "buffer, cloudcore's size)")
     parser.add_argument("--idle-window", type=float, default=10.0, help="seconds (default 10)")
     parser.add_argument("--settle", type=float, default=3.0,
                         help="seconds of quiet before each RSS/CPU reading (default 3)")
@@ -756,6 +769,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--serve-baseline", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--pki", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--ssl-buffer-kib", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_baseline:
         if args.port is None or args.pki is None:
@@ -766,8 +780,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.procs < 1 or args.concurrency < 1 or args.attempts < 1:
         parser.error("--procs, --concurrency and --attempts must be at least 1")
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
-    if not servers or any(s not in ("cloudcore", "baseline") for s in servers):
-        parser.error("--servers takes cloudcore and/or baseline")
+    known = ("cloudcore", "baseline", "baseline-16k")
+    if not servers or any(s not in known for s in servers) or len(set(servers)) < len(servers):
+        parser.error(f"--servers takes a comma-separated list of {', '.join(known)}")
     args.servers = servers
     per_proc = -(-args.nodes // args.procs)
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -780,7 +795,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.serve_baseline:
-        return serve_baseline(args.port, args.pki)
+        return serve_baseline(args.port, args.pki, args.ssl_buffer_kib)
     raise_nofile()
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
@@ -815,7 +830,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.servers:
             log(f"starting {name}")
             daemon = (start_cloudcore(root, data_dir, ports[0], env) if name == "cloudcore"
-                      else start_baseline(root, data_dir, env))
+                      else start_baseline(root, data_dir, env, name))
             daemons.append(daemon)
             results.append(measure(daemon, args, pieces, sim_opts))
             daemon.stop()
