@@ -28,7 +28,16 @@ bounded in count (attempts per node) and in time (deadlines).
 
 Baseline settings that differ from websockets' defaults, chosen to compare
 like with like: compression=None, listen backlog 4096 and keepalive pings
-every 15 s (cloudcore's keepaliveInterval default).
+every 15 s (cloudcore's keepaliveInterval default). ``--servers
+cloudcore,baseline,baseline-16k`` adds the same baseline with asyncio's TLS
+read buffer at 16 KiB (cloudcore's size), which separates that buffer from
+what cloudcore itself adds per connection.
+
+cloudcore's config is left as ``moorage init`` writes it, except
+modules.cloudHub.nodeLimit = N + 100. The simulated edges answer WebSocket
+pings but send no keepalive messages, so cloudcore marks them NotReady once
+nodeGracePeriod (40 s) has passed since their registration; when that happens
+inside the measured window the report says so (``--node-grace-period`` moves it).
 """
 
 from __future__ import annotations
@@ -519,6 +528,7 @@ def collect(sims: list[Sim], kind: str, timeout: float, server: Daemon | None) -
             try:
                 what, payload = conn.recv()  # type: ignore[union-attr]
             except EOFError:
+                sim.proc.join(2)
                 raise RuntimeError(f"simulator {sim.index} died "
                                    f"(exit code {sim.proc.exitcode})") from None
             if what == "error":
@@ -806,7 +816,7 @@ def main(argv: list[str] | None = None) -> int:
     (root / "home").mkdir()
     daemons: list[Daemon] = []
     results: list[Result] = []
-    failed = True
+    failed = interrupted = True
     started = time.monotonic()
     try:
         log(f"work dir {root}")
@@ -835,16 +845,17 @@ def main(argv: list[str] | None = None) -> int:
             results.append(measure(daemon, args, pieces, sim_opts))
             daemon.stop()
             log(f"{name} stopped (exit code {daemon.proc.returncode})")
-        failed = False
+        failed = interrupted = False
     except (KeyboardInterrupt, Interrupted) as exc:
         log(f"interrupted ({exc or 'SIGINT'}): stopping everything")
     except Exception as exc:
+        interrupted = False
         log(f"benchmark failed: {exc}")
     finally:
         for daemon in reversed(daemons):
             with contextlib.suppress(Exception):
                 daemon.stop()
-        if failed or args.keep:
+        if (failed and not interrupted) or args.keep:
             log(f"logs and certificates kept in {root}")
         else:
             import shutil

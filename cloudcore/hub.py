@@ -63,6 +63,9 @@ class Hub:
         self.settings, self.ssl_context, self.registry = settings, ssl_context, registry
         self.revoked = revoked
         self.sessions: dict[str, Session] = {}
+        # Nodes admitted whose WebSocket handshake is still finishing, with the time:
+        # counted against the node limit so that a burst of handshakes cannot overshoot it.
+        self.admitting: dict[str, float] = {}
         # Cloud-to-edge requests awaiting the edge's response, per node, by msg_id.
         self.pending: dict[str, dict[str, tuple[Message, asyncio.Future[Message]]]] = {}
         self.server: Server | None = None
@@ -130,10 +133,16 @@ class Hub:
             return self._refuse(connection, HTTPStatus.FORBIDDEN,
                                 f"the certificate is for node {node!r} but the request names "
                                 f"node {named!r}")
-        if node not in self.sessions and len(self.sessions) >= self.settings.node_limit:
+        now = time.monotonic()
+        for name, since in list(self.admitting.items()):
+            if now - since > self.settings.handshake_timeout:
+                del self.admitting[name]  # that handshake never completed
+        if node not in self.sessions and node not in self.admitting and \
+                len(self.sessions) + len(self.admitting) >= self.settings.node_limit:
             return self._refuse(connection, HTTPStatus.SERVICE_UNAVAILABLE,
                                 f"node {node}: the node limit of {self.settings.node_limit} "
                                 "connected nodes is reached (modules.cloudHub.nodeLimit)")
+        self.admitting[node] = now
         return None
 
     # ------------------------------------------------------------ sessions
@@ -142,6 +151,7 @@ class Hub:
         identity = from_transport(ws.transport)
         assert identity is not None and identity.node_name is not None  # checked at admission
         node = identity.node_name
+        self.admitting.pop(node, None)
         session = Session(node, identity, ws)
         previous = self.sessions.get(node)
         self.sessions[node] = session
