@@ -1,33 +1,47 @@
-"""The admin API: Kubernetes-shaped REST over HTTPS, for holders of the admin certificate."""
+"""The admin API: Kubernetes-shaped REST over HTTPS, for holders of the admin certificate.
+
+Discovery (``/api``, ``/apis``, ...), namespaced and cluster-scoped paths,
+GET/LIST/WATCH/POST/PUT/PATCH/DELETE, label and field selectors, ``Table``
+output for kubectl, and Kubernetes ``Status`` bodies for every error.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
+from cloudcore import tables
 from cloudcore.hub import Hub, NodeUnavailable
 from cloudcore.identity import from_transport
 from cloudcore.nodes import NodeRegistry
-from cloudcore.store import Store
+from cloudcore.objects import Change, Conflict, Expired, NotFound, ObjectStore, key_of
 from moorage import __version__, envelope
 from moorage.durations import parse_seconds
-from moorage.errors import ConfigError
+from moorage.errors import ConfigError, ManifestError
+from moorage.resources import KINDS, MAX_OBJECT_BYTES, Kind, ValidationError, by_plural, validate
+from moorage.selectors import field_selector, label_selector, merge_patch
 from moorage.token import JoinToken, sign_jwt
 
 log = logging.getLogger("cloudcore.admin")
 
-MAX_BODY_BYTES = 1024 * 1024
+MAX_BODY_BYTES = MAX_OBJECT_BYTES
 PROXY_TIMEOUT = 10.0
 MAX_TOKEN_TTL = 7 * 86400.0
+MAX_WATCH_SECONDS = 1800.0
+WATCH_QUEUE = 10_000
 
 
 def status_body(code: int, reason: str, message: str, **details: Any) -> web.Response:
-    body = {"kind": "Status", "apiVersion": "v1", "metadata": {},
-            "status": "Failure" if code >= 400 else "Success",
-            "message": message, "reason": reason, "code": code}
+    body: dict[str, Any] = {"kind": "Status", "apiVersion": "v1", "metadata": {},
+                            "status": "Failure" if code >= 400 else "Success",
+                            "message": message, "reason": reason, "code": code}
     if details:
         body["details"] = details
     return web.json_response(body, status=code)
@@ -37,30 +51,39 @@ def not_found(kind: str, name: str) -> web.Response:
     return status_body(404, "NotFound", f'{kind} "{name}" not found', name=name, kind=kind)
 
 
+def invalid(exc: ValidationError, plural: str) -> web.Response:
+    causes = [{"reason": "FieldValueInvalid", "message": message, "field": field}
+              for field, message in exc.causes]
+    return status_body(422, "Invalid", str(exc), name=exc.name, kind=plural, causes=causes)
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+SyncLookup = Callable[[str, tuple[str, str, str]], int | None]
 
 
 class AdminAPI:
-    def __init__(self, store: Store, registry: NodeRegistry, hub: Hub, token_key: bytes,
-                 ca_hash: str, default_token_ttl: float) -> None:
+    def __init__(self, store: ObjectStore, registry: NodeRegistry, hub: Hub, token_key: bytes,
+                 ca_hash: str, default_token_ttl: float,
+                 on_node_deleted: Callable[[str], Awaitable[None]] | None = None,
+                 synced: SyncLookup = lambda node, key: None) -> None:
         self.store, self.registry, self.hub = store, registry, hub
         self.token_key, self.ca_hash, self.default_token_ttl = token_key, ca_hash, default_token_ttl
+        self.on_node_deleted, self.synced = on_node_deleted, synced
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._authorize])
         r = app.router
-        r.add_get("/healthz", self.healthz)
-        r.add_get("/readyz", self.healthz)
-        r.add_get("/livez", self.healthz)
+        for path in ("/healthz", "/readyz", "/livez"):
+            r.add_get(path, self.healthz)
         r.add_get("/version", self.version)
         r.add_get("/api", self.api_versions)
-        r.add_get("/api/v1", self.api_v1)
         r.add_get("/apis", self.api_groups)
-        r.add_get("/api/v1/nodes", self.list_nodes)
-        r.add_get("/api/v1/nodes/{name}", self.get_node)
-        r.add_delete("/api/v1/nodes/{name}", self.delete_node)
         r.add_route("*", "/api/v1/nodes/{name}/proxy/{path:.*}", self.proxy_node)
         r.add_post("/apis/moorage.io/v1/jointokens", self.create_token)
+        r.add_route("*", "/api/{version}", self.resource_list)
+        r.add_route("*", "/apis/{group}/{version}", self.resource_list)
+        r.add_route("*", "/api/{version}/{rest:.+}", self.resources)
+        r.add_route("*", "/apis/{group}/{version}/{rest:.+}", self.resources)
         return app
 
     @web.middleware
@@ -78,12 +101,15 @@ class AdminAPI:
         except web.HTTPException as exc:
             if exc.status == 413:
                 return status_body(413, "RequestEntityTooLarge",
-                                   f"request body larger than {MAX_BODY_BYTES} bytes")
+                                   f"request body larger than {MAX_BODY_BYTES} bytes: split the "
+                                   "object or move bulk data out of it")
             if exc.status in (404, 405):
                 return status_body(exc.status, "NotFound" if exc.status == 404 else
                                    "MethodNotAllowed", f"{request.method} {request.path}: "
                                    f"{exc.reason}")
             raise
+
+    # ------------------------------------------------------------ discovery
 
     async def healthz(self, _: web.Request) -> web.Response:
         return web.Response(text="ok")
@@ -98,39 +124,247 @@ class AdminAPI:
                                   "serverAddressByClientCIDRs": []})
 
     async def api_groups(self, _: web.Request) -> web.Response:
-        return web.json_response({"kind": "APIGroupList", "apiVersion": "v1", "groups": []})
+        groups = []
+        for group in sorted({k.group for k in KINDS if k.group}):
+            versions = sorted({k.version for k in KINDS if k.group == group})
+            entries = [{"groupVersion": f"{group}/{v}", "version": v} for v in versions]
+            groups.append({"name": group, "versions": entries, "preferredVersion": entries[0]})
+        return web.json_response({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 
-    async def api_v1(self, _: web.Request) -> web.Response:
+    async def resource_list(self, request: web.Request) -> web.Response:
+        group, version = request.match_info.get("group", ""), request.match_info["version"]
+        kinds = [k for k in KINDS if (k.group, k.version) == (group, version)]
+        if not kinds:
+            return status_body(404, "NotFound", f"the server could not find the requested "
+                                                f"resource {request.path}")
+        verbs = ["create", "delete", "get", "list", "patch", "update", "watch"]
         return web.json_response({
-            "kind": "APIResourceList", "groupVersion": "v1",
-            "resources": [{"name": "nodes", "singularName": "node", "namespaced": False,
-                           "kind": "Node", "verbs": ["delete", "get", "list"],
-                           "shortNames": ["no"]}],
-        })
+            "kind": "APIResourceList", "apiVersion": "v1",
+            "groupVersion": f"{group}/{version}" if group else version,
+            "resources": [{"name": k.plural, "singularName": k.singular, "namespaced": k.namespaced,
+                           "kind": k.kind, "verbs": verbs, "shortNames": list(k.short_names)}
+                          for k in kinds]})
 
-    async def list_nodes(self, _: web.Request) -> web.Response:
-        return web.json_response({
-            "kind": "NodeList", "apiVersion": "v1",
-            "metadata": {"resourceVersion": str(self.store.resource_version())},
-            "items": self.registry.list(),
-        })
+    # ------------------------------------------------------------ generic resources
 
-    async def get_node(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        node = self.registry.get(name)
-        return web.json_response(node) if node else not_found("nodes", name)
+    def _parse(self, request: web.Request) -> tuple[Kind, str | None, str | None, str] | None:
+        """(kind, namespace, name, subresource) from the path, or None when unknown."""
+        group, version = request.match_info.get("group", ""), request.match_info["version"]
+        parts = request.match_info["rest"].strip("/").split("/")
+        namespace = None
+        if parts[0] == "namespaces" and len(parts) >= 3:
+            namespace, parts = parts[1], parts[2:]
+        kind = by_plural(group, version, parts[0])
+        if kind is None or len(parts) > 3 or (namespace is not None and not kind.namespaced):
+            return None
+        name = parts[1] if len(parts) > 1 else None
+        sub = parts[2] if len(parts) > 2 else ""
+        return kind, namespace, name, sub
 
-    async def delete_node(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        serials = self.store.revoke_node(name)
+    async def resources(self, request: web.Request) -> web.StreamResponse:
+        parsed = self._parse(request)
+        if parsed is None:
+            return status_body(404, "NotFound", "the server could not find the requested "
+                                                f"resource ({request.method} {request.path})")
+        kind, namespace, name, sub = parsed
+        if sub and sub != "status":
+            return status_body(404, "NotFound", f"subresource {sub!r} is not served")
+        ns_key = (namespace or "default") if kind.namespaced else ""
+        try:
+            if request.method == "GET" and name is None:
+                if request.query.get("watch") in ("1", "true"):
+                    return await self._watch(request, kind, namespace)
+                return self._list(request, kind, namespace)
+            if request.method == "GET":
+                obj = self.store.get((kind.plural, ns_key, name or ""))
+                if obj is None:
+                    return not_found(kind.plural, name or "")
+                return self._respond(request, kind, [obj], single=True)
+            if request.method == "POST" and name is None:
+                return await self._create(request, kind, ns_key)
+            if request.method == "PUT" and name:
+                return await self._update(request, kind, ns_key, name, sub, patch=False)
+            if request.method == "PATCH" and name:
+                return await self._update(request, kind, ns_key, name, sub, patch=True)
+            if request.method == "DELETE" and name:
+                return await self._delete(kind, ns_key, name)
+        except ValidationError as exc:
+            return invalid(exc, kind.plural)
+        except ManifestError as exc:
+            return status_body(400, "BadRequest", str(exc))
+        except Conflict as exc:
+            reason = "AlreadyExists" if "already exists" in str(exc) else "Conflict"
+            return status_body(409, reason, str(exc), kind=kind.plural, name=name or "")
+        except NotFound:
+            return not_found(kind.plural, name or "")
+        return status_body(405, "MethodNotAllowed",
+                           f"{request.method} is not supported on {request.path}")
+
+    def _filters(self, request: web.Request) -> Callable[[dict[str, Any]], bool]:
+        labels = label_selector(request.query.get("labelSelector"))
+        fields = field_selector(request.query.get("fieldSelector"))
+        return lambda obj: labels(obj) and fields(obj)
+
+    def _list(self, request: web.Request, kind: Kind, namespace: str | None) -> web.Response:
+        keep = self._filters(request)
+        items = [obj for obj in self.store.list(kind.plural, namespace) if keep(obj)]
+        return self._respond(request, kind, items)
+
+    def _respond(self, request: web.Request, kind: Kind, items: list[dict[str, Any]],
+                 single: bool = False) -> web.Response:
+        rv = str(self.store.resource_version)
+        if tables.wants_table(request.headers.get("Accept", "")):
+            return web.json_response(tables.table(kind.plural, items, rv, self.synced))
+        if single:
+            return web.json_response(items[0])
+        return web.json_response({"kind": kind.list_kind, "apiVersion": kind.api_version,
+                                  "metadata": {"resourceVersion": rv}, "items": items})
+
+    async def _body(self, request: web.Request) -> Any:
+        raw = await request.read()
+        try:
+            return json.loads(raw)
+        except (ValueError, RecursionError):
+            raise ManifestError("the request body is not valid JSON") from None
+
+    async def _create(self, request: web.Request, kind: Kind, namespace: str) -> web.Response:
+        body = await self._body(request)
+        if isinstance(body, dict) and isinstance(body.get("metadata"), dict) and kind.namespaced:
+            body["metadata"].setdefault("namespace", namespace)
+            if body["metadata"]["namespace"] != namespace:
+                raise ManifestError(f"the namespace of the object ({body['metadata']['namespace']}"
+                                    f") does not match the namespace on the request ({namespace})")
+        found, obj = validate(body, namespace or "default")
+        if found != kind:
+            raise ManifestError(f"the body is a {found.kind}, but the path is for {kind.plural}")
+        if kind.plural != "nodes":
+            obj.pop("status", None)  # status is reported by nodes, not set by clients
+        created = await self.store.create(kind.plural, obj)
+        return web.json_response(created, status=201)
+
+    async def _update(self, request: web.Request, kind: Kind, namespace: str, name: str,
+                      sub: str, patch: bool) -> web.Response:
+        key = (kind.plural, namespace, name)
+        current = self.store.get(key)
+        if current is None:
+            return not_found(kind.plural, name)
+        body = await self._body(request)
+        if patch:
+            if "json-patch" in request.content_type:
+                return status_body(415, "UnsupportedMediaType",
+                                   "JSON patch is not supported: use a merge patch "
+                                   "(--type merge)")
+            body = merge_patch(current, body)
+        if not isinstance(body, dict):
+            raise ManifestError("the request body must be a JSON object")
+        body.setdefault("apiVersion", kind.api_version)
+        body.setdefault("kind", kind.kind)
+        meta = body.setdefault("metadata", {})
+        if not isinstance(meta, dict) or meta.get("name", name) != name:
+            raise ManifestError("metadata.name must match the name in the path")
+        meta["name"] = name
+        if kind.namespaced:
+            meta["namespace"] = namespace
+        _, obj = validate(body, namespace or "default")
+        if sub == "status":
+            new = {**current, "status": obj.get("status", {})}
+        else:
+            new = {**obj, "status": current.get("status", {})} if "status" in current else obj
+        expected = meta.get("resourceVersion") if not patch else None
+        updated = await self.store.replace(kind.plural, new, expected, status_only=sub == "status")
+        return web.json_response(updated)
+
+    async def _delete(self, kind: Kind, namespace: str, name: str) -> web.Response:
+        if kind.plural == "nodes":
+            return await self._delete_node(name)
+        gone = await self.store.delete((kind.plural, namespace, name))
+        return web.json_response(gone)
+
+    async def _delete_node(self, name: str) -> web.Response:
+        serials = await self.store.revoke_node(name)
         self.hub.revoked.update(serials)
         await self.hub.disconnect(name, "node deleted by the administrator")
-        existed = self.registry.forget(name)
+        existed = await self.registry.forget(name)
+        if self.on_node_deleted is not None:
+            await self.on_node_deleted(name)
         if not existed and not serials:
             return not_found("nodes", name)
         log.info("node %s deleted: %d certificate(s) revoked, session closed", name, len(serials))
         return status_body(200, "", f'node "{name}" deleted; {len(serials)} certificate(s) '
                                     "revoked", name=name, kind="nodes")
+
+    # ------------------------------------------------------------ watch
+
+    async def _watch(self, request: web.Request, kind: Kind,
+                     namespace: str | None) -> web.StreamResponse:
+        keep = self._filters(request)
+        as_table = tables.wants_table(request.headers.get("Accept", ""))
+        timeout = MAX_WATCH_SECONDS
+        with contextlib.suppress(ValueError):
+            timeout = min(MAX_WATCH_SECONDS, float(request.query.get("timeoutSeconds", timeout)))
+        queue: asyncio.Queue[Change | None] = asyncio.Queue()
+
+        def listener(change: Change) -> None:
+            if queue.qsize() < WATCH_QUEUE:
+                queue.put_nowait(change)
+            else:
+                queue.put_nowait(None)  # too slow a reader: end its watch, it re-lists
+
+        def wanted(change: Change) -> bool:
+            key = key_of(change.kind, change.obj)
+            return change.kind == kind.plural and (namespace is None or key[1] == namespace) \
+                and keep(change.obj)
+
+        self.store.listeners.append(listener)
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        try:
+            rv_text = request.query.get("resourceVersion", "")
+            try:
+                since = int(rv_text) if rv_text not in ("", "0") else None
+            except ValueError:
+                return status_body(400, "BadRequest", f"invalid resourceVersion {rv_text!r}")
+            try:
+                backlog = ([Change("ADDED", kind.plural, obj, int(obj["metadata"]
+                                                                  ["resourceVersion"]))
+                            for obj in self.store.list(kind.plural, namespace)]
+                           if since is None else self.store.changes_since(since))
+            except Expired as exc:
+                await response.prepare(request)
+                gone = {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                        "message": str(exc), "reason": "Expired", "code": 410}
+                await response.write(json.dumps({"type": "ERROR", "object": gone}).encode()
+                                     + b"\n")
+                return response
+            await response.prepare(request)
+            for change in backlog:
+                if wanted(change):
+                    await self._send_event(response, kind, change, as_table)
+            deadline = time.monotonic() + timeout
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    change = await asyncio.wait_for(queue.get(), left)
+                except TimeoutError:
+                    break
+                if change is None:
+                    break
+                if wanted(change):
+                    await self._send_event(response, kind, change, as_table)
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self.store.listeners.remove(listener)
+        return response
+
+    async def _send_event(self, response: web.StreamResponse, kind: Kind, change: Change,
+                          as_table: bool) -> None:
+        obj: Any = change.obj
+        if as_table:
+            obj = tables.table(kind.plural, [change.obj], str(change.resource_version),
+                               self.synced)
+        line = json.dumps({"type": change.type, "object": obj}, separators=(",", ":"))
+        await response.write(line.encode() + b"\n")
+
+    # ------------------------------------------------------------ nodes and tokens
 
     async def proxy_node(self, request: web.Request) -> web.Response:
         """Kubernetes' node proxy; this slice answers edgecore's own endpoints (healthz)."""
@@ -165,7 +399,7 @@ class AdminAPI:
             return status_body(422, "Invalid", "ttl: at most 7 days (168h)")
         jwt, exp = sign_jwt(self.token_key, ttl)
         token = JoinToken(self.ca_hash, jwt)
-        self.store.add_token(token.digest, float(exp))
+        await self.store.add_token(token.digest, float(exp))
         log.info("join token issued, expires in %gs", ttl)
         return web.json_response({"kind": "JoinToken", "apiVersion": "moorage.io/v1",
                                   "status": {"token": str(token), "expires": exp}}, status=201)
@@ -179,10 +413,3 @@ async def start_site(app: web.Application, host: str, port: int, ssl_context: An
                        reuse_address=True)
     await site.start()
     return runner
-
-
-def bound_port(runner: web.AppRunner) -> int:
-    server = runner.addresses
-    return int(server[0][1]) if server else 0
-
-

@@ -11,7 +11,7 @@ from cryptography import x509
 
 from certs import pki
 from certs.errors import CSRError
-from cloudcore.store import Store
+from cloudcore.objects import ObjectStore
 
 log = logging.getLogger("cloudcore.authority")
 
@@ -31,10 +31,10 @@ def check_node_name(name: str) -> str:
 @dataclass
 class Authority:
     ca: pki.Issued
-    store: Store
+    store: ObjectStore
     edge_cert_validity: dt.timedelta
 
-    def sign_node_csr(self, csr_data: bytes, node_name: str) -> x509.Certificate:
+    async def sign_node_csr(self, csr_data: bytes, node_name: str) -> x509.Certificate:
         """Sign a node CSR. The subject is ours to set: only the public key is taken."""
         check_node_name(node_name)
         csr = pki.load_csr(csr_data)
@@ -43,7 +43,7 @@ class Authority:
             raise CSRError(f"the CSR is for {cn!r}, but the request names node {node_name!r}")
         cert = pki.sign(self.ca, pki.node_subject(node_name), csr.public_key(),
                         lifetime=self.edge_cert_validity, client=True)
-        self.store.record_cert(pki.serial_hex(cert.serial_number), node_name,
+        await self.store.record_cert(pki.serial_hex(cert.serial_number), node_name,
                                pki.not_valid_after(cert).timestamp())
         log.info("signed a certificate for node %s (serial %s, valid until %s)", node_name,
                  pki.serial_hex(cert.serial_number), pki.not_valid_after(cert).isoformat())

@@ -93,6 +93,7 @@ class Modules:
 
 @dataclass
 class Database:
+    # A SQLAlchemy async URL; empty: SQLite at <dataDir>/cloudcore.db.
     data_source: str = ""
 
 
@@ -118,7 +119,8 @@ class CloudCoreConfig:
 
     @property
     def database_path(self) -> Path:
-        return Path(self.database.data_source or self.data_path / "cloudcore.db")
+        """The SQLite file, when no other database URL is configured."""
+        return self.data_path / "cloudcore.db"
 
     @property
     def token_key_path(self) -> Path:

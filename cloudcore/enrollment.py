@@ -20,7 +20,7 @@ from certs import pki
 from certs.errors import CSRError
 from cloudcore.authority import Authority, check_node_name
 from cloudcore.identity import from_transport
-from cloudcore.store import Store
+from cloudcore.objects import ObjectStore
 from moorage.errors import TokenError
 from moorage.ratelimit import KeyedLimiter, TokenBucket
 from moorage.token import jwt_digest, verify_jwt
@@ -31,7 +31,7 @@ MAX_REQUEST_BYTES = pki.MAX_CSR_BYTES
 
 
 class Enrollment:
-    def __init__(self, authority: Authority, store: Store, token_key: bytes,
+    def __init__(self, authority: Authority, store: ObjectStore, token_key: bytes,
                  per_client_per_minute: int, total_per_minute: int,
                  is_connected: Callable[[str], bool],
                  on_revoke: Callable[[list[str]], None]) -> None:
@@ -69,8 +69,8 @@ class Enrollment:
         try:
             body = await request.read()
             check_node_name(node)
-            self._authorize(request, node)
-            cert = self.authority.sign_node_csr(body, node)
+            await self._authorize(request, node)
+            cert = await self.authority.sign_node_csr(body, node)
         except web.HTTPRequestEntityTooLarge:
             log.warning("enrollment from %s refused: body too large", peer)
             return _refuse(413, f"CSR larger than {MAX_REQUEST_BYTES} bytes")
@@ -82,7 +82,7 @@ class Enrollment:
             return _refuse(400, str(exc))
         return web.Response(body=pki.cert_to_der(cert), content_type="application/octet-stream")
 
-    def _authorize(self, request: web.Request, node: str) -> None:
+    async def _authorize(self, request: web.Request, node: str) -> None:
         identity = from_transport(request.transport)
         if identity is not None:
             # Renewal over the node's current, TLS-verified certificate.
@@ -90,7 +90,7 @@ class Enrollment:
                 raise PermissionError(
                     f"the client certificate belongs to {identity.common_name!r}, "
                     f"not to node {node!r}")
-            if identity.serial in self.store.revoked_serials():
+            if identity.serial in await self.store.revoked_serials():
                 raise PermissionError("the client certificate has been revoked: "
                                       "enroll again with a fresh token")
             return
@@ -100,14 +100,14 @@ class Enrollment:
             raise TokenError("no join token: send `Authorization: Bearer <token>` "
                              "(moorage join does) or present the node's current certificate")
         verify_jwt(self.token_key, jwt.strip())
-        if not self.store.token_valid(jwt_digest(jwt.strip())):
+        if not await self.store.token_valid(jwt_digest(jwt.strip())):
             raise TokenError("unknown or revoked token: get a new one with `moorage gettoken`")
         if self.is_connected(node):
             raise PermissionError(
                 f"node {node!r} is connected right now with a valid certificate: stop it, or "
                 f"delete it (`moorage delete node {node}`), before enrolling a machine under "
                 "that name")
-        superseded = self.store.revoke_node(node)
+        superseded = await self.store.revoke_node(node)
         if superseded:
             self.on_revoke(superseded)
             log.info("node %s re-enrolled with a token: revoked its %d earlier certificate(s)",

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -32,6 +33,7 @@ from moorage.errors import ProtocolError
 
 log = logging.getLogger("cloudcore.hub")
 
+REPORT_KINDS = ("podstatus",)
 CLOSE_REPLACED = 4000  # private-use close code: a newer connection took over
 
 
@@ -69,6 +71,11 @@ class Hub:
         # Cloud-to-edge requests awaiting the edge's response, per node, by msg_id.
         self.pending: dict[str, dict[str, tuple[Message, asyncio.Future[Message]]]] = {}
         self.server: Server | None = None
+        # Hooks for the desired-state dispatcher (set by cloudcore.main).
+        self.on_connect: Callable[[str], Awaitable[None]] | None = None
+        self.on_disconnect: Callable[[str, bool], None] | None = None
+        self.on_ack: Callable[[str, Message], Awaitable[None]] | None = None
+        self.on_report: Callable[[str, str, str, str, Message], Awaitable[None]] | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -161,17 +168,22 @@ class Hub:
                 previous.ws.close(CLOSE_REPLACED, "replaced by a newer connection"))
         log.info("node %s connected from %s (certificate %s)", node, ws.remote_address[0],
                  identity.serial)
-        self.registry.heard(node)
+        await self.registry.heard(node)
         for message, _ in list(self.pending.get(node, {}).values()):
             await self._send(session, message)
+        if self.on_connect is not None:
+            await self.on_connect(node)
         try:
             async for raw in ws:
-                self._receive(session, raw)
+                # One message at a time per connection: a node's reports apply in order.
+                await self._receive(session, raw)
         except ConnectionClosed:
             pass
         finally:
             self._closed(session)
         successor = self.sessions.get(node)
+        if self.on_disconnect is not None:
+            self.on_disconnect(node, successor is not None)
         if successor is not None:
             # Requests may have gone out on this connection after the successor's own
             # resend; their answers died with it. Send them again (the edge answers by id).
@@ -194,11 +206,21 @@ class Hub:
                       f"code {sent.code} {sent.reason}".strip() if sent else "connection lost")
             log.info("node %s disconnected (%s)", session.node, reason)
 
+    async def send_to(self, node: str, text: str) -> bool:
+        session = self.sessions.get(node)
+        if session is None:
+            return False
+        try:
+            await session.ws.send(text)
+            return True
+        except ConnectionClosed:
+            return False
+
     async def _send(self, session: Session, message: Message) -> None:
         with contextlib.suppress(ConnectionClosed):
             await session.ws.send(envelope.encode(message))
 
-    def _receive(self, session: Session, raw: str | bytes) -> None:
+    async def _receive(self, session: Session, raw: str | bytes) -> None:
         node = session.node
         self.registry.last_seen[node] = self.registry.clock()
         try:
@@ -207,27 +229,26 @@ class Hub:
             log.warning("node %s sent a malformed message, ignored: %s", node, exc)
             return
         if message.operation == envelope.KEEPALIVE:
-            self.registry.heard(node)
+            await self.registry.heard(node)
             return
-        if message.operation == envelope.RESPONSE or message.parent_msg_id:
+        if message.operation in (envelope.RESPONSE, envelope.ERROR) or message.parent_msg_id:
             waiting = self.pending.get(node, {}).pop(message.parent_msg_id, None)
             if waiting is not None and not waiting[1].done():
                 waiting[1].set_result(message)
-            else:
-                log.debug("node %s: late or duplicate response to %s ignored", node,
-                          message.parent_msg_id)
+            elif self.on_ack is not None:
+                await self.on_ack(node, message)
             return
         try:
-            reply = self._apply(node, message)
+            reply = await self._apply(node, message)
         except PermissionError as exc:
             log.warning("node %s: message refused: %s", node, exc)
             reply = message.reply(str(exc), source="cloudhub", operation=envelope.ERROR)
         except ProtocolError as exc:
             log.warning("node %s: invalid message: %s", node, exc)
             reply = message.reply(str(exc), source="cloudhub", operation=envelope.ERROR)
-        asyncio.get_running_loop().create_task(self._send(session, reply))
+        await self._send(session, reply)  # after the commit: this is the ack
 
-    def _apply(self, node: str, message: Message) -> Message:
+    async def _apply(self, node: str, message: Message) -> Message:
         """Upstream messages about resources: ``<namespace>/<type>/<name>``."""
         parts = message.resource.split("/")
         if len(parts) != 3:
@@ -238,12 +259,16 @@ class Hub:
                 raise PermissionError(f"node {node!r} may not report about node {name!r}")
             content = message.content if isinstance(message.content, dict) else {}
             if kind == "node" and message.operation in (envelope.INSERT, envelope.UPDATE):
-                self.registry.register(node, content)
+                await self.registry.register(node, content)
             elif kind == "nodestatus":
                 status = content.get("status", content)
-                self.registry.update_status(node, status if isinstance(status, dict) else {})
+                await self.registry.update_status(node, status if isinstance(status, dict)
+                                                  else {})
             else:
                 raise ProtocolError(f"operation {message.operation!r} on {kind} not supported")
+            return message.reply("OK", source="cloudhub")
+        if self.on_report is not None and kind in REPORT_KINDS:
+            await self.on_report(node, kind, parts[0], name, message)
             return message.reply("OK", source="cloudhub")
         raise ProtocolError(f"resource type {kind!r} is not accepted from edge nodes")
 

@@ -18,10 +18,11 @@ from cloudcore import config as cloud_config
 from cloudcore.admin import AdminAPI, start_site
 from cloudcore.authority import Authority
 from cloudcore.config import CloudCoreConfig
+from cloudcore.dispatch import Dispatcher
 from cloudcore.enrollment import Enrollment
 from cloudcore.hub import Hub, HubSettings
 from cloudcore.nodes import NodeRegistry
-from cloudcore.store import open_store
+from cloudcore.objects import ObjectStore, open_store, sqlite_url
 from cloudcore.tlsloop import HubEventLoop
 from moorage import __version__, logs
 from moorage.errors import MoorageError
@@ -30,11 +31,11 @@ log = logging.getLogger("cloudcore")
 
 
 class CloudCore:
-    def __init__(self, cfg: CloudCoreConfig) -> None:
+    def __init__(self, cfg: CloudCoreConfig, store: ObjectStore) -> None:
         self.cfg = cfg
         hub_cfg = cfg.modules.cloud_hub
         self.passphrase = logs.passphrase(cfg.key_passphrase_file)
-        self.store = open_store(cfg.database_path)
+        self.store = store
         ca = pki.load_pair(pki.PairPaths(Path(hub_cfg.tls_ca_file), Path(hub_cfg.tls_ca_key_file)),
                            self.passphrase)
         self.authority = Authority(ca, self.store,
@@ -57,13 +58,19 @@ class CloudCore:
                         max_message_bytes=hub_cfg.max_message_bytes,
                         keepalive_interval=hub_cfg.keepalive_interval,
                         handshake_timeout=hub_cfg.handshake_timeout),
-            self.contexts[0], self.registry, self.store.revoked_serials())
+            self.contexts[0], self.registry, set())
         self.enrollment = Enrollment(self.authority, self.store, self.token_key,
                                      hub_cfg.enroll_rate_per_client, hub_cfg.enroll_rate_total,
                                      is_connected=self.hub.is_connected,
                                      on_revoke=self.hub.revoked.update)
+        self.dispatcher = Dispatcher(self.store, self.hub)
+        self.hub.on_connect = self.dispatcher.node_connected
+        self.hub.on_disconnect = self.dispatcher.node_disconnected
+        self.hub.on_ack = self.dispatcher.on_ack
         self.admin = AdminAPI(self.store, self.registry, self.hub, self.token_key,
-                              pki.ca_hash(ca.cert), hub_cfg.token_ttl)
+                              pki.ca_hash(ca.cert), hub_cfg.token_ttl,
+                              on_node_deleted=self.dispatcher.node_deleted,
+                              synced=self.dispatcher.synced_version)
         self.runners: list = []
         self.stopping = asyncio.Event()
 
@@ -85,7 +92,7 @@ class CloudCore:
         period = max(0.2, min(2.0, self.cfg.modules.cloud_hub.node_grace_period / 4))
         while not self.stopping.is_set():
             try:
-                self.registry.check()
+                await self.registry.check()
                 self.hub.expire_sessions()
             except Exception:
                 log.exception("node monitor failed; retrying")
@@ -94,6 +101,8 @@ class CloudCore:
 
     async def run(self) -> None:
         hub_cfg = self.cfg.modules.cloud_hub
+        self.hub.revoked.update(await self.store.revoked_serials())
+        await self.dispatcher.load()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self.reload_certificates)
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -113,14 +122,15 @@ class CloudCore:
                                                  admin_cfg.port, self.contexts[2]))
             log.info("admin API on https://%s:%d", admin_cfg.address, admin_cfg.port)
         log.info("cloudcore %s ready", __version__)
-        monitor = asyncio.create_task(self._monitor())
+        tasks = [asyncio.create_task(self._monitor()),
+                 asyncio.create_task(self.dispatcher.run(self.stopping))]
         await self.stopping.wait()
         log.info("cloudcore stopping")
-        await monitor
+        await asyncio.gather(*tasks)
         await self.hub.stop()
         for runner in self.runners:
             await runner.cleanup()
-        self.store.engine.dispose()
+        await self.store.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _build(cfg: CloudCoreConfig) -> CloudCore:
-    return CloudCore(cfg)
+    cfg.database_path.parent.mkdir(parents=True, exist_ok=True)
+    store = await open_store(cfg.database.data_source or sqlite_url(cfg.database_path))
+    return CloudCore(cfg, store)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,10 @@ import copy
 import datetime as dt
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
-from cloudcore.store import Store
+from cloudcore.objects import NotFound, ObjectStore
 
 log = logging.getLogger("cloudcore.nodes")
 
@@ -42,26 +41,29 @@ def is_ready(node: dict[str, Any]) -> bool:
 
 
 class NodeRegistry:
-    def __init__(self, store: Store, grace_seconds: float,
+    def __init__(self, store: ObjectStore, grace_seconds: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.store, self.grace, self.clock = store, grace_seconds, clock
-        self.nodes: dict[str, dict[str, Any]] = {n["metadata"]["name"]: n
-                                                 for n in store.list_nodes()}
         started = clock()
         # Nodes that were Ready before a restart get one grace period to come back.
-        self.last_seen: dict[str, float] = {name: started for name in self.nodes}
+        self.last_seen: dict[str, float] = {n["metadata"]["name"]: started
+                                            for n in store.list("nodes")}
+
+    @property
+    def nodes(self) -> dict[str, dict[str, Any]]:
+        return {n["metadata"]["name"]: n for n in self.store.list("nodes")}
 
     def get(self, name: str) -> dict[str, Any] | None:
-        return self.nodes.get(name)
+        return self.store.get(("nodes", "", name))
 
     def list(self) -> list[dict[str, Any]]:
-        return [self.nodes[name] for name in sorted(self.nodes)]
+        return self.store.list("nodes")
 
-    def _save(self, node: dict[str, Any]) -> None:
-        name = node["metadata"]["name"]
-        rv = self.store.put_node(name, node["metadata"]["uid"], node)
-        node["metadata"]["resourceVersion"] = str(rv)
-        self.nodes[name] = node
+    async def _save(self, node: dict[str, Any], status_only: bool = True) -> None:
+        if self.get(node["metadata"]["name"]) is None:
+            await self.store.create("nodes", node)
+        else:
+            await self.store.replace("nodes", node, status_only=status_only)
 
     def _set_ready(self, node: dict[str, Any], ready: bool, reason: str, message: str) -> None:
         now = rfc3339()
@@ -74,15 +76,14 @@ class NodeRegistry:
             condition["lastTransitionTime"] = now
         condition.update(status=status, reason=reason, message=message, lastHeartbeatTime=now)
 
-    def register(self, name: str, reported: dict[str, Any]) -> dict[str, Any]:
+    async def register(self, name: str, reported: dict[str, Any]) -> dict[str, Any]:
         """A node (re)connected and described itself; returns the stored Node object."""
         self.last_seen[name] = self.clock()
-        existing = self.nodes.get(name)
+        existing = self.get(name)
         node = copy.deepcopy(existing) if existing else {
             "apiVersion": "v1",
             "kind": "Node",
-            "metadata": {"name": name, "uid": str(uuid.uuid4()),
-                         "creationTimestamp": rfc3339(), "labels": {}},
+            "metadata": {"name": name, "labels": {}},
             "spec": {},
             "status": {},
         }
@@ -96,7 +97,8 @@ class NodeRegistry:
         labels["kubernetes.io/hostname"] = name
         self._merge_status(node, reported.get("status", {}))
         self._set_ready(node, True, "EdgeReady", "edgecore is connected and posting status")
-        self._save(node)
+        labels_changed = existing is None or existing["metadata"].get("labels") != labels
+        await self._save(node, status_only=not labels_changed)
         if existing is None:
             log.info("node %s registered", name)
         elif not is_ready(existing):
@@ -121,45 +123,49 @@ class NodeRegistry:
                     labels[label] = info[field]
         return changed
 
-    def heard(self, name: str) -> None:
+    async def heard(self, name: str) -> None:
         """Anything from the node counts as a heartbeat."""
         self.last_seen[name] = self.clock()
-        node = self.nodes.get(name)
+        node = self.get(name)
         if node is not None and not is_ready(node):
             node = copy.deepcopy(node)
             self._set_ready(node, True, "EdgeReady", "edgecore is connected and posting status")
-            self._save(node)
+            await self._save(node)
             log.info("node %s is Ready again", name)
 
-    def update_status(self, name: str, reported: dict[str, Any]) -> None:
+    async def update_status(self, name: str, reported: dict[str, Any]) -> None:
         self.last_seen[name] = self.clock()
-        node = self.nodes.get(name)
+        node = self.get(name)
         if node is None:
-            self.register(name, {"status": reported})
+            await self.register(name, {"status": reported})
             return
         node = copy.deepcopy(node)
         if self._merge_status(node, reported) or not is_ready(node):
             self._set_ready(node, True, "EdgeReady", "edgecore is connected and posting status")
-            self._save(node)
+            await self._save(node)
 
-    def check(self) -> list[str]:
+    async def check(self) -> list[str]:
         """Mark nodes silent for longer than the grace NotReady; returns their names."""
         now = self.clock()
         stale = []
-        for name, node in list(self.nodes.items()):
-            silent = now - self.last_seen.get(name, now)
-            if silent > self.grace and is_ready(node):
+        for name, seen in list(self.last_seen.items()):
+            silent = now - seen
+            node = self.get(name)
+            if silent > self.grace and node is not None and is_ready(node):
                 node = copy.deepcopy(node)
                 self._set_ready(node, False, "NodeStatusUnknown",
                                 f"edgecore stopped posting status: nothing heard for "
                                 f"{int(silent)}s (grace {self.grace:g}s)")
-                self._save(node)
+                await self._save(node)
                 stale.append(name)
                 log.warning("node %s is NotReady: nothing heard for %.0fs (grace %gs)",
                             name, silent, self.grace)
         return stale
 
-    def forget(self, name: str) -> bool:
+    async def forget(self, name: str) -> bool:
         self.last_seen.pop(name, None)
-        known = self.nodes.pop(name, None) is not None
-        return self.store.delete_node(name) or known
+        try:
+            await self.store.delete(("nodes", "", name))
+        except NotFound:
+            return False
+        return True

@@ -1,0 +1,160 @@
+"""Delivers desired state to connected nodes: the asyncio shell around Router and NodeSync.
+
+Change feed -> Router (which nodes care) -> NodeSync per connected node (what to
+send, what is in flight) -> Hub (the wire). Acks are recorded in ``object_sync``
+after the node committed, so a restart of either side resends only what a
+node lacks, plus deletes for what it should no longer hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from cloudcore.hub import Hub
+from cloudcore.objects import Change, ObjectStore, key_of
+from cloudcore.routing import Router
+from cloudcore.sync import Key, NodeSync, Outgoing, Target
+from moorage import envelope
+from moorage.envelope import Message
+from moorage.resources import lookup
+
+log = logging.getLogger("cloudcore.dispatch")
+
+TICK = 0.5
+
+
+def resource_path(key: Key) -> str:
+    """KubeEdge's resource string: ``<namespace>/<type>/<name>`` (type singular)."""
+    kind, namespace, name = key
+    return f"{namespace or 'default'}/{lookup(kind).singular}/{name}"
+
+
+class Dispatcher:
+    def __init__(self, store: ObjectStore, hub: Hub, *, window: int = 64,
+                 resend_after: float = 5.0) -> None:
+        self.store, self.hub = store, hub
+        self.window, self.resend_after = window, resend_after
+        self.router = Router()
+        for (kind, ns, name), obj in store.cache.items():
+            self.router.update(kind, (kind, ns, name), obj)
+        self.syncs: dict[str, NodeSync] = {}
+        # What each node acknowledged: kept for all nodes, for `get pods -o wide`.
+        self.acked: dict[str, dict[Key, tuple[str, int]]] = {}
+        self.wake = asyncio.Event()
+        store.listeners.append(self.on_change)
+
+    async def load(self) -> None:
+        for node in {n["metadata"]["name"] for n in self.store.list("nodes")}:
+            self.acked[node] = await self.store.acked(node)
+
+    def synced_version(self, node: str, key: Key) -> int | None:
+        held = self.acked.get(node, {}).get(key)
+        return held[1] if held else None
+
+    def target(self, node: str) -> Any:
+        def target_of(key: Key) -> Target | None:
+            if key not in self.router.keys_for(node):
+                return None
+            obj = self.store.get(key)
+            if obj is None:
+                return None
+            meta = obj["metadata"]
+            return Target(meta["uid"], self.store.sync_versions.get(key, 0),
+                          int(meta["resourceVersion"]), obj)
+        return target_of
+
+    def desired(self, node: str) -> dict[Key, Target]:
+        target_of = self.target(node)
+        found = {key: target_of(key) for key in self.router.keys_for(node)}
+        return {key: t for key, t in found.items() if t is not None}
+
+    # ------------------------------------------------------------ events
+
+    def on_change(self, change: Change) -> None:
+        key = key_of(change.kind, change.obj)
+        obj = None if change.type == "DELETED" else change.obj
+        affected = self.router.update(change.kind, key, obj)
+        if change.status_only:
+            return
+        for node in affected:
+            sync = self.syncs.get(node)
+            if sync is not None:
+                sync.reconcile(self.desired(node))
+                sync.mark(key)
+        # Nodes holding the key that the router no longer sends it to get a delete.
+        for node, sync in self.syncs.items():
+            if key in sync.acked and node not in affected:
+                sync.mark(key)
+        self.wake.set()
+
+    async def node_connected(self, node: str) -> None:
+        acked = await self.store.acked(node)
+        self.acked[node] = acked
+        sync = NodeSync(node, acked, window=self.window, resend_after=self.resend_after)
+        sync.reconcile(self.desired(node))
+        self.syncs[node] = sync
+        if sync.backlog:
+            log.info("node %s connected: %d object(s) to send", node, sync.backlog)
+        self.wake.set()
+
+    def node_disconnected(self, node: str, replaced: bool) -> None:
+        sync = self.syncs.get(node)
+        if sync is None:
+            return
+        if replaced:
+            sync.disconnected()  # what was in flight goes out again on the new connection
+            self.wake.set()
+        else:
+            del self.syncs[node]
+
+    async def node_deleted(self, node: str) -> None:
+        self.syncs.pop(node, None)
+        self.acked.pop(node, None)
+        await self.store.forget_node(node)
+
+    async def on_ack(self, node: str, message: Message) -> None:
+        sync = self.syncs.get(node)
+        if sync is None:
+            return
+        if message.operation == envelope.ERROR:
+            log.warning("node %s could not apply %s: %s", node, message.parent_msg_id,
+                        message.content)
+            return
+        done = sync.on_ack(message.parent_msg_id)
+        if done is not None:
+            await self.store.record_ack(node, done.key, done.uid, done.resource_version)
+            if sync.backlog < self.window:
+                self.wake.set()
+
+    # ------------------------------------------------------------ sending
+
+    def _message(self, out: Outgoing, node: str) -> Message:
+        held = out.key in (self.syncs[node].acked if node in self.syncs else {})
+        if out.resource_version is None:
+            return Message(source="edgecontroller", group=envelope.GROUP_RESOURCE,
+                           operation=envelope.DELETE, resource=resource_path(out.key),
+                           msg_id=out.msg_id, resource_version=str(self.store.resource_version),
+                           content={"metadata": {"name": out.key[2], "namespace": out.key[1],
+                                                 "uid": out.uid}})
+        return Message(source="edgecontroller", group=envelope.GROUP_RESOURCE,
+                       operation=envelope.UPDATE if held else envelope.INSERT,
+                       resource=resource_path(out.key), msg_id=out.msg_id,
+                       resource_version=str(out.resource_version), content=out.obj)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), TICK)
+            self.wake.clear()
+            now = time.monotonic()
+            for node, sync in list(self.syncs.items()):
+                session = self.hub.sessions.get(node)
+                if session is None:
+                    continue
+                batch = sync.due(now) + sync.take(now, self.target(node))
+                for out in batch:
+                    await self.hub.send_to(node, envelope.encode(self._message(out, node)))

@@ -1,0 +1,388 @@
+"""The cloud's desired state: every API object in one table, one monotonic resourceVersion.
+
+SQLAlchemy 2 async. SQLite by default; nothing here is SQLite-specific except
+:func:`sqlite_url`, so PostgreSQL can take its place. Reads are served from an
+in-memory copy kept in step with the table; every write is one transaction
+that bumps the global resourceVersion, and only after it commits do watchers
+hear of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import copy
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    delete,
+    event,
+    insert,
+    inspect,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+log = logging.getLogger("cloudcore.objects")
+
+metadata = MetaData()
+schema_version = Table("schema_version", metadata, Column("version", Integer, nullable=False))
+counter = Table(
+    "counter", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("resource_version", BigInteger, nullable=False),
+)
+objects = Table(
+    "objects", metadata,
+    Column("kind", String(64), nullable=False),
+    Column("namespace", String(63), nullable=False),
+    Column("name", String(253), nullable=False),
+    Column("uid", String(36), nullable=False),
+    Column("resource_version", BigInteger, nullable=False),
+    # resourceVersion of the last change nodes must receive (status-only writes skip it).
+    Column("sync_version", BigInteger, nullable=False),
+    Column("body", Text, nullable=False),
+    PrimaryKeyConstraint("kind", "namespace", "name"),
+)
+object_sync = Table(
+    "object_sync", metadata,
+    Column("node", String(253), nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("namespace", String(63), nullable=False),
+    Column("name", String(253), nullable=False),
+    Column("uid", String(36), nullable=False),
+    Column("resource_version", BigInteger, nullable=False),
+    PrimaryKeyConstraint("node", "kind", "namespace", "name"),
+)
+join_tokens = Table(
+    "join_tokens", metadata,
+    Column("digest", String(64), primary_key=True),
+    Column("expires", Float, nullable=False),
+    Column("created", Float, nullable=False),
+)
+issued_certs = Table(
+    "issued_certs", metadata,
+    Column("serial", String(64), primary_key=True),
+    Column("node", String(253), nullable=False, index=True),
+    Column("not_after", Float, nullable=False),
+    Column("revoked_at", Float, nullable=True),
+)
+
+
+
+async def _adopt_issue2_nodes(conn: AsyncConnection) -> None:
+    """Version 1: stores written by the first release kept Node objects in ``nodes``."""
+    tables = await conn.run_sync(lambda c: inspect(c).get_table_names())
+    if "nodes" not in tables:
+        return
+    rows = await conn.execute(text("SELECT name, uid, resource_version, body FROM nodes"))
+    for name, uid, rv, body in rows.all():
+        await conn.execute(insert(objects).values(
+            kind="nodes", namespace="", name=name, uid=uid, resource_version=rv,
+            sync_version=rv, body=body))
+    await conn.execute(text("DROP TABLE nodes"))
+
+
+# Schema migrations: each store runs the steps newer than its recorded version, in
+# order, in the transaction that opens it, so an upgrade keeps the data.
+MIGRATIONS: list[tuple[int, Callable[[AsyncConnection], Awaitable[None]]]] = [
+    (1, _adopt_issue2_nodes),
+]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+Key = tuple[str, str, str]  # (kind plural, namespace or "", name)
+HISTORY = 20_000  # watch events kept for resuming watches
+
+
+class Conflict(Exception):
+    pass
+
+
+class NotFound(Exception):
+    pass
+
+
+class Expired(Exception):
+    """A watch asked to resume from a resourceVersion older than the kept history."""
+
+
+@dataclass(frozen=True)
+class Change:
+    type: str  # ADDED, MODIFIED, DELETED
+    kind: str
+    obj: dict[str, Any]
+    resource_version: int
+    status_only: bool = False  # nodes need not be told
+
+
+def key_of(kind: str, obj: dict[str, Any]) -> Key:
+    meta = obj.get("metadata", {})
+    return kind, meta.get("namespace", "") or "", meta.get("name", "")
+
+
+def rfc3339(ts: float | None = None) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts if ts is not None else time.time()))
+
+
+class ObjectStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.cache: dict[Key, dict[str, Any]] = {}
+        self.sync_versions: dict[Key, int] = {}
+        self.resource_version = 0
+        self.history: collections.deque[Change] = collections.deque(maxlen=HISTORY)
+        self.listeners: list[Callable[[Change], None]] = []
+        self._write = asyncio.Lock()
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        async with self.engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+            row = (await conn.execute(select(schema_version.c.version))).first()
+            if row is None:
+                await conn.execute(insert(schema_version).values(version=0))
+            current = row[0] if row else 0
+            if current > SCHEMA_VERSION:
+                raise RuntimeError(f"the cloud store has schema version {current}, newer than "
+                                   f"this cloudcore knows ({SCHEMA_VERSION}): upgrade cloudcore")
+            for version, step in MIGRATIONS:
+                if version > current:
+                    await step(conn)
+                    await conn.execute(update(schema_version).values(version=version))
+                    log.info("cloud store migrated to schema version %d", version)
+            if (await conn.execute(select(counter.c.id))).first() is None:
+                await conn.execute(insert(counter).values(id=1, resource_version=0))
+            self.resource_version = int((await conn.execute(
+                select(counter.c.resource_version))).scalar_one())
+            for kind, sync_version, body in await conn.execute(
+                    select(objects.c.kind, objects.c.sync_version, objects.c.body)):
+                obj = json.loads(body)
+                key = key_of(kind, obj)
+                self.cache[key] = obj
+                self.sync_versions[key] = int(sync_version)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # ------------------------------------------------------------ reads
+
+    def get(self, key: Key) -> dict[str, Any] | None:
+        return self.cache.get(key)
+
+    def list(self, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        items = [obj for (k, ns, _), obj in self.cache.items()
+                 if k == kind and (namespace is None or ns == namespace)]
+        items.sort(key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))
+        return items
+
+    def changes_since(self, resource_version: int) -> list[Change]:
+        """Changes after ``resource_version``, or Expired if history no longer reaches it."""
+        if resource_version >= self.resource_version:
+            return []
+        if not self.history or self.history[0].resource_version > resource_version + 1:
+            raise Expired(f"too old resource version: {resource_version} "
+                          f"({self.history[0].resource_version if self.history else 0})")
+        return [c for c in self.history if c.resource_version > resource_version]
+
+    # ------------------------------------------------------------ writes
+
+    async def _bump(self, conn: AsyncConnection) -> int:
+        result = await conn.execute(
+            update(counter).where(counter.c.id == 1)
+            .values(resource_version=counter.c.resource_version + 1)
+            .returning(counter.c.resource_version))
+        return int(result.scalar_one())
+
+    def _publish(self, change: Change) -> None:
+        self.resource_version = change.resource_version
+        self.history.append(change)
+        for listener in list(self.listeners):
+            try:
+                listener(change)
+            except Exception:
+                log.exception("a change listener failed")
+
+    async def create(self, kind: str, obj: dict[str, Any]) -> dict[str, Any]:
+        key = key_of(kind, obj)
+        async with self._write:
+            if key in self.cache:
+                raise Conflict(f'{kind} "{key[2]}" already exists')
+            obj = copy.deepcopy(obj)
+            meta = obj["metadata"]
+            meta["uid"] = str(uuid.uuid4())
+            meta["creationTimestamp"] = rfc3339()
+            meta.pop("resourceVersion", None)
+            async with self.engine.begin() as conn:
+                rv = await self._bump(conn)
+                meta["resourceVersion"] = str(rv)
+                await conn.execute(insert(objects).values(
+                    kind=kind, namespace=key[1], name=key[2], uid=meta["uid"],
+                    resource_version=rv, sync_version=rv, body=json.dumps(obj)))
+            self.cache[key] = obj
+            self.sync_versions[key] = rv
+            self._publish(Change("ADDED", kind, obj, rv))
+            return obj
+
+    async def replace(self, kind: str, obj: dict[str, Any],
+                      expected_version: str | None = None,
+                      status_only: bool = False) -> dict[str, Any]:
+        """Update an object; with ``expected_version``, only if it is still current.
+
+        ``status_only`` marks a write of the status reported by a node: it bumps the
+        resourceVersion but does not make the object due for sending to nodes again.
+        """
+        key = key_of(kind, obj)
+        async with self._write:
+            current = self.cache.get(key)
+            if current is None:
+                raise NotFound(f'{kind} "{key[2]}" not found')
+            if expected_version and expected_version != current["metadata"]["resourceVersion"]:
+                raise Conflict(
+                    f'Operation cannot be fulfilled on {kind} "{key[2]}": the object has been '
+                    "modified; please apply your changes to the latest version and try again")
+            obj = copy.deepcopy(obj)
+            meta = obj["metadata"]
+            for field in ("uid", "creationTimestamp"):
+                meta[field] = current["metadata"][field]
+            if _same(current, obj):
+                return current  # a no-op write does not bump the version (like Kubernetes)
+            sync_version = self.sync_versions.get(key, 0)
+            async with self.engine.begin() as conn:
+                rv = await self._bump(conn)
+                meta["resourceVersion"] = str(rv)
+                if not status_only:
+                    sync_version = rv
+                await conn.execute(update(objects).where(
+                    objects.c.kind == kind, objects.c.namespace == key[1],
+                    objects.c.name == key[2]).values(resource_version=rv,
+                                                     sync_version=sync_version,
+                                                     body=json.dumps(obj)))
+            self.cache[key] = obj
+            self.sync_versions[key] = sync_version
+            self._publish(Change("MODIFIED", kind, obj, rv, status_only))
+            return obj
+
+    async def delete(self, key: Key) -> dict[str, Any]:
+        async with self._write:
+            current = self.cache.get(key)
+            if current is None:
+                raise NotFound(f'{key[0]} "{key[2]}" not found')
+            async with self.engine.begin() as conn:
+                rv = await self._bump(conn)
+                await conn.execute(delete(objects).where(
+                    objects.c.kind == key[0], objects.c.namespace == key[1],
+                    objects.c.name == key[2]))
+            del self.cache[key]
+            self.sync_versions.pop(key, None)
+            gone = copy.deepcopy(current)
+            gone["metadata"]["resourceVersion"] = str(rv)
+            self._publish(Change("DELETED", key[0], gone, rv))
+            return gone
+
+    # ------------------------------------------------------------ per-node sync records
+
+    async def acked(self, node: str) -> dict[Key, tuple[str, int]]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(
+                object_sync.c.kind, object_sync.c.namespace, object_sync.c.name,
+                object_sync.c.uid, object_sync.c.resource_version).where(
+                object_sync.c.node == node))
+            return {(k, ns, n): (uid, int(rv)) for k, ns, n, uid, rv in rows}
+
+    async def record_ack(self, node: str, key: Key, uid: str, rv: int | None) -> None:
+        """Remember what ``node`` holds: ``rv`` None means it deleted the object."""
+        async with self.engine.begin() as conn:
+            where = (object_sync.c.node == node, object_sync.c.kind == key[0],
+                     object_sync.c.namespace == key[1], object_sync.c.name == key[2])
+            await conn.execute(delete(object_sync).where(*where))
+            if rv is not None:
+                await conn.execute(insert(object_sync).values(
+                    node=node, kind=key[0], namespace=key[1], name=key[2], uid=uid,
+                    resource_version=rv))
+
+    async def forget_node(self, node: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(object_sync).where(object_sync.c.node == node))
+
+    # ------------------------------------------------------------ tokens and certificates
+
+    async def add_token(self, digest: str, expires: float) -> None:
+        now = time.time()
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(join_tokens).where(join_tokens.c.expires < now))
+            await conn.execute(insert(join_tokens).values(digest=digest, expires=expires,
+                                                          created=now))
+
+    async def token_valid(self, digest: str) -> bool:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(join_tokens.c.expires).where(
+                join_tokens.c.digest == digest))).first()
+        return row is not None and row[0] > time.time()
+
+    async def record_cert(self, serial: str, node: str, not_after: float) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(issued_certs).values(serial=serial, node=node,
+                                                           not_after=not_after))
+
+    async def revoke_node(self, node: str) -> list[str]:
+        async with self.engine.begin() as conn:
+            serials = [row[0] for row in await conn.execute(select(issued_certs.c.serial).where(
+                issued_certs.c.node == node, issued_certs.c.revoked_at.is_(None)))]
+            if serials:
+                await conn.execute(update(issued_certs).where(
+                    issued_certs.c.serial.in_(serials)).values(revoked_at=time.time()))
+        return serials
+
+    async def revoked_serials(self) -> set[str]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(issued_certs.c.serial).where(
+                issued_certs.c.revoked_at.is_not(None), issued_certs.c.not_after > time.time()))
+            return {row[0] for row in rows}
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    strip = ("resourceVersion", "managedFields")
+
+    def clean(o: dict[str, Any]) -> dict[str, Any]:
+        return {**o, "metadata": {k: v for k, v in o.get("metadata", {}).items()
+                                  if k not in strip}}
+
+    return clean(a) == clean(b)
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite+aiosqlite:///{path}"
+
+
+async def open_store(url: str) -> ObjectStore:
+    engine = create_async_engine(url)
+    if url.startswith("sqlite"):
+        @event.listens_for(engine.sync_engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.close()
+
+    store = ObjectStore(engine)
+    await store.open()
+    return store

@@ -1,0 +1,137 @@
+"""Reliable delivery of desired state to one node: the pure bookkeeping.
+
+For each node the cloud knows what the node has acknowledged (uid and
+resourceVersion per object, durable in ``object_sync``) and what it should
+hold. Keys that differ wait in a queue; the object itself is read only when a
+message is built, so a newer version simply replaces a queued older one. At
+most ``window`` messages are unacknowledged at once; each is sent again with
+exponential backoff until the node acknowledges it (after its own commit).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+Key = tuple[str, str, str]
+Held = tuple[str, int]  # (uid, resourceVersion) the node has acknowledged
+
+
+@dataclass
+class Target:
+    """What the node should hold for a key: an object at a version, or nothing."""
+
+    uid: str
+    sync_version: int  # resourceVersion of the last change the node must see
+    resource_version: int
+    obj: dict[str, Any]
+
+
+@dataclass
+class Outgoing:
+    msg_id: str
+    key: Key
+    uid: str
+    resource_version: int | None  # None: a delete
+    obj: dict[str, Any] | None
+    sent_at: float
+    attempts: int = 1
+
+
+class NodeSync:
+    def __init__(self, node: str, acked: dict[Key, Held], *, window: int = 64,
+                 resend_after: float = 5.0, max_backoff: float = 60.0) -> None:
+        self.node = node
+        self.acked = acked
+        self.window, self.resend_after, self.max_backoff = window, resend_after, max_backoff
+        self.queue: OrderedDict[Key, None] = OrderedDict()
+        self.inflight: dict[str, Outgoing] = {}
+        self.latest_for: dict[Key, str] = {}  # key -> msg_id of its newest send
+
+    def needs(self, key: Key, target: Target | None) -> bool:
+        held = self.acked.get(key)
+        if target is None:
+            return held is not None
+        return held is None or held[0] != target.uid or held[1] < target.sync_version
+
+    def reconcile(self, desired: dict[Key, Target]) -> None:
+        """Queue every difference between what the node holds and ``desired``."""
+        for key, target in desired.items():
+            if self.needs(key, target):
+                self.queue[key] = None
+        for key in self.acked:
+            if key not in desired:
+                self.queue[key] = None
+
+    def mark(self, key: Key) -> None:
+        self.queue[key] = None
+
+    def take(self, now: float, target_of: Callable[[Key], Target | None]) -> list[Outgoing]:
+        """Messages to send now, within the window."""
+        out: list[Outgoing] = []
+        while self.queue and len(self.inflight) < self.window:
+            key, _ = self.queue.popitem(last=False)
+            target = target_of(key)
+            pending = self.inflight.get(self.latest_for.get(key, ""))
+            if pending is not None and _same_target(pending, target):
+                continue  # already on its way
+            if not self.needs(key, target):
+                continue
+            message = Outgoing(
+                msg_id=str(uuid.uuid4()), key=key,
+                uid=target.uid if target else (self.acked.get(key) or ("", 0))[0],
+                resource_version=target.resource_version if target else None,
+                obj=target.obj if target else None, sent_at=now)
+            self.inflight[message.msg_id] = message
+            self.latest_for[key] = message.msg_id
+            out.append(message)
+        return out
+
+    def on_ack(self, msg_id: str) -> Outgoing | None:
+        """The node committed ``msg_id``; returns it so the caller can persist the record."""
+        message = self.inflight.pop(msg_id, None)
+        if message is None:
+            return None
+        if self.latest_for.get(message.key) == msg_id:
+            del self.latest_for[message.key]
+        if message.resource_version is None:
+            self.acked.pop(message.key, None)
+        else:
+            held = self.acked.get(message.key)
+            if held is None or held[0] != message.uid or held[1] < message.resource_version:
+                self.acked[message.key] = (message.uid, message.resource_version)
+        return message
+
+    def due(self, now: float) -> list[Outgoing]:
+        """In-flight messages whose ack is overdue; they are sent again as they are."""
+        again = []
+        for msg_id, message in list(self.inflight.items()):
+            if self.latest_for.get(message.key) != msg_id:
+                del self.inflight[msg_id]  # superseded by a newer send of the same key
+                continue
+            wait = min(self.max_backoff, self.resend_after * 2 ** (message.attempts - 1))
+            if now - message.sent_at >= wait:
+                message.attempts += 1
+                message.sent_at = now
+                again.append(message)
+        return again
+
+    def disconnected(self) -> None:
+        """The connection is gone: what was in flight is queued for the next one."""
+        for message in self.inflight.values():
+            self.queue[message.key] = None
+        self.inflight.clear()
+        self.latest_for.clear()
+
+    @property
+    def backlog(self) -> int:
+        return len(self.queue) + len(self.inflight)
+
+
+def _same_target(message: Outgoing, target: Target | None) -> bool:
+    if target is None:
+        return message.resource_version is None
+    return message.uid == target.uid and message.resource_version == target.resource_version
