@@ -78,6 +78,8 @@ class AdminAPI:
         r.add_get("/version", self.version)
         r.add_get("/api", self.api_versions)
         r.add_get("/apis", self.api_groups)
+        r.add_get("/openapi/v3", self.openapi_index)
+        r.add_get("/openapi/v3/{gv:.+}", self.openapi_group)
         r.add_route("*", "/api/v1/nodes/{name}/proxy/{path:.*}", self.proxy_node)
         r.add_post("/apis/moorage.io/v1/jointokens", self.create_token)
         r.add_route("*", "/api/{version}", self.resource_list)
@@ -144,6 +146,40 @@ class AdminAPI:
             "resources": [{"name": k.plural, "singularName": k.singular, "namespaced": k.namespaced,
                            "kind": k.kind, "verbs": verbs, "shortNames": list(k.short_names)}
                           for k in kinds]})
+
+    async def openapi_index(self, _: web.Request) -> web.Response:
+        """OpenAPI v3 discovery, enough for kubectl to see that we validate server-side."""
+        paths = {kind.base_path().lstrip("/"): {
+            "serverRelativeURL": f"/openapi/v3{kind.base_path()}?hash={__version__}"}
+            for kind in KINDS}
+        return web.json_response({"paths": paths})
+
+    async def openapi_group(self, request: web.Request) -> web.Response:
+        base = "/" + request.match_info["gv"].strip("/")
+        kinds = [k for k in KINDS if k.base_path() == base]
+        if not kinds:
+            return status_body(404, "NotFound", f"no OpenAPI document for {base}")
+        validation = {"name": "fieldValidation", "in": "query", "schema": {"type": "string"},
+                      "description": "Strict, Warn or Ignore: objects are always validated"}
+        paths: dict[str, Any] = {}
+        for kind in kinds:
+            gvk = {"group": kind.group, "version": kind.version, "kind": kind.kind}
+            collection = (f"{base}/namespaces/{{namespace}}/{kind.plural}" if kind.namespaced
+                          else f"{base}/{kind.plural}")
+
+            def operation(action: str, gvk: dict[str, str] = gvk) -> dict[str, Any]:
+                return {"parameters": [validation], "x-kubernetes-action": action,
+                        "x-kubernetes-group-version-kind": gvk,
+                        "responses": {"200": {"description": "OK"}}}
+
+            paths[collection] = {"post": operation("post"), "get": operation("list")}
+            paths[collection + "/{name}"] = {"put": operation("put"),
+                                              "patch": operation("patch"),
+                                              "get": operation("get"),
+                                              "delete": operation("delete")}
+        return web.json_response({"openapi": "3.0.0", "info": {"title": "Moorage",
+                                                               "version": __version__},
+                                  "paths": paths, "components": {"schemas": {}}})
 
     # ------------------------------------------------------------ generic resources
 

@@ -12,20 +12,20 @@ import json
 import shutil
 import socket
 import sys
-import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from certs import CertError, pki
 from certs.files import ensure_private_dir, write_private, write_public
-from moorage import __version__, config, kubeconfig, yamlio
-from moorage.client import AdminClient
-from moorage.durations import format_age, parse_duration
-from moorage.errors import ConfigError, MoorageError
+from moorage import __version__, config, kubeconfig, resources, yamlio
+from moorage.client import TABLE, AdminClient
+from moorage.durations import parse_duration
+from moorage.errors import APIError, ConfigError, ManifestError, MoorageError
 from moorage.token import parse_token
 
 DEFAULT_EDGE_DIR = "/var/lib/moorage/edge"
-KINDS = {"node": "nodes", "nodes": "nodes", "no": "nodes"}
+MAX_MANIFEST_BYTES = 8 * 1024 * 1024
 
 
 def _passphrase() -> bytes | None:
@@ -126,67 +126,180 @@ def cmd_gettoken(args: argparse.Namespace) -> int:
     return 0
 
 
-def _node_row(node: dict[str, Any], wide: bool) -> list[str]:
-    meta, status = node.get("metadata", {}), node.get("status", {})
-    ready = next((c for c in status.get("conditions", []) if c.get("type") == "Ready"), {})
-    state = "Ready" if ready.get("status") == "True" else "NotReady"
-    created = meta.get("creationTimestamp")
-    age = "<unknown>"
-    if created:
-        born = dt.datetime.strptime(created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
-        age = format_age(time.time() - born.timestamp())
-    info = status.get("nodeInfo", {})
-    ip = next((a.get("address", "") for a in status.get("addresses", [])
-               if a.get("type") == "InternalIP"), "<none>")
-    row = [meta.get("name", ""), state, age, info.get("kubeletVersion", ""), ip]
-    if wide:
-        row += [info.get("osImage", ""), info.get("kernelVersion", ""),
-                info.get("architecture", "")]
-    return row
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def _table(header: list[str], rows: list[list[Any]]) -> str:
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
-    lines = ["   ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=False)).rstrip()
-             for r in [header, *rows]]
-    return "\n".join(lines)
+    return "\n".join("   ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=False))
+                     .rstrip() for r in [header, *rows])
 
 
-def _kind(name: str) -> str:
-    try:
-        return KINDS[name.lower()]
-    except KeyError:
-        raise ConfigError(f"unknown resource type {name!r}: this version knows "
-                          f"{', '.join(sorted(set(KINDS.values())))}") from None
+def _namespace(args: argparse.Namespace, kind: resources.Kind) -> str | None:
+    if not kind.namespaced or getattr(args, "all_namespaces", False):
+        return None
+    return args.namespace or "default"
+
+
+def _query(args: argparse.Namespace) -> str:
+    params = {}
+    if getattr(args, "selector", None):
+        params["labelSelector"] = args.selector
+    if getattr(args, "field_selector", None):
+        params["fieldSelector"] = args.field_selector
+    return ("?" + urlencode(params)) if params else ""
+
+
+def _rows(table: dict[str, Any], wide: bool, all_namespaces: bool
+          ) -> tuple[list[str], list[list[Any]]]:
+    columns = [(i, c) for i, c in enumerate(table.get("columnDefinitions", []))
+               if wide or c.get("priority", 0) == 0]
+    header = [c["name"].upper() for _, c in columns]
+    rows = []
+    for row in table.get("rows", []):
+        cells = [row["cells"][i] for i, _ in columns]
+        if all_namespaces:
+            cells.insert(0, row.get("object", {}).get("metadata", {}).get("namespace", ""))
+        rows.append(cells)
+    if all_namespaces:
+        header.insert(0, "NAMESPACE")
+    return header, rows
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    _kind(args.kind)
+    kind = resources.lookup(args.kind)
     client = _client(args)
+    namespace = _namespace(args, kind)
+    path = kind.object_path(args.name, namespace) if args.name else \
+        kind.collection_path(namespace)
+    if args.output in ("json", "yaml"):
+        whole = client.request("GET", path + _query(args))
+        print(json.dumps(whole, indent=2) if args.output == "json" else yamlio.dump(whole),
+              end="\n" if args.output == "json" else "")
+        return 0
+    table = client.request("GET", path + _query(args), accept=TABLE)
+    header, rows = _rows(table, args.output == "wide", bool(getattr(args, "all_namespaces", 0)))
+    if rows:
+        print(_table(header, rows), flush=True)
+    elif not args.watch:
+        where = f" in {namespace} namespace" if namespace else ""
+        print(f"No resources found{where}.", file=sys.stderr)
+    if not args.watch:
+        return 0
+    rv = table.get("metadata", {}).get("resourceVersion", "")
+    sep = "&" if _query(args) else "?"
+    watch_path = kind.collection_path(namespace) + _query(args) + \
+        f"{sep}watch=true&resourceVersion={rv}"
     if args.name:
-        items = [client.request("GET", f"/api/v1/nodes/{args.name}")]
-        whole: Any = items[0]
+        watch_path += f"&fieldSelector=metadata.name%3D{args.name}"
+    widths_header = header
+    for event in client.watch(watch_path):
+        if event.get("type") == "ERROR":
+            raise APIError(410, event.get("object", {}).get("message", "watch failed"))
+        _, event_rows = _rows(event.get("object", {}), args.output == "wide",
+                              bool(getattr(args, "all_namespaces", 0)))
+        for row in event_rows:
+            print(_table(widths_header, [row]).splitlines()[1], flush=True)
+    return 0
+
+
+def _documents(path: str) -> list[tuple[str, Any]]:
+    """Every YAML document from a file, a directory of them, or stdin (``-``)."""
+    sources: list[tuple[str, bytes]] = []
+    if path == "-":
+        sources.append(("stdin", sys.stdin.buffer.read(MAX_MANIFEST_BYTES + 1)))
     else:
-        whole = client.request("GET", "/api/v1/nodes")
-        items = whole.get("items", [])
-    if args.output == "json":
-        print(json.dumps(whole, indent=2))
-    elif args.output == "yaml":
-        print(yamlio.dump(whole), end="")
-    elif not items:
-        print("No resources found", file=sys.stderr)
-    else:
-        header = ["NAME", "STATUS", "AGE", "VERSION", "INTERNAL-IP"]
-        if args.output == "wide":
-            header += ["OS-IMAGE", "KERNEL-VERSION", "ARCH"]
-        print(_table(header, [_node_row(n, args.output == "wide") for n in items]))
+        target = Path(path)
+        files = sorted(p for p in target.iterdir() if p.suffix in (".yaml", ".yml", ".json")) \
+            if target.is_dir() else [target]
+        for file in files:
+            with open(file, "rb") as handle:
+                sources.append((str(file), handle.read(MAX_MANIFEST_BYTES + 1)))
+    docs = []
+    for source, data in sources:
+        for index, doc in enumerate(yamlio.load_all(data, source, MAX_MANIFEST_BYTES)):
+            if doc is None:
+                continue
+            if isinstance(doc, dict) and doc.get("kind") == "List":
+                docs.extend((f"{source}#{index}", item) for item in doc.get("items") or [])
+            else:
+                docs.append((f"{source}#{index}", doc))
+    return docs
+
+
+def _validated(args: argparse.Namespace) -> list[tuple[resources.Kind, dict[str, Any]]]:
+    """All documents checked first: one bad document means nothing is applied."""
+    checked, problems = [], []
+    for where, doc in _documents(args.filename):
+        try:
+            kind, obj = resources.validate(doc, args.namespace or "default")
+            size = len(json.dumps(obj))
+            if size > resources.MAX_OBJECT_BYTES:
+                raise ManifestError(f"{kind.kind} is {size} bytes, more than the "
+                                    f"{resources.MAX_OBJECT_BYTES}-byte limit for one object")
+            checked.append((kind, obj))
+        except ManifestError as exc:
+            problems.append(f"{where}: {exc}")
+    if problems:
+        raise ManifestError("nothing was applied; fix these first:\n  " + "\n  ".join(problems))
+    return checked
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    client = _client(args)
+    for kind, obj in _validated(args):
+        meta = obj["metadata"]
+        namespace = meta.get("namespace") if kind.namespaced else None
+        label = f"{kind.singular}/{meta['name']}"
+        try:
+            current = client.request("GET", kind.object_path(meta["name"], namespace))
+        except APIError as exc:
+            if exc.status != 404:
+                raise
+            client.request("POST", kind.collection_path(namespace), obj)
+            print(f"{label} created")
+            continue
+        updated = client.request("PUT", kind.object_path(meta["name"], namespace), obj)
+        same = updated["metadata"]["resourceVersion"] == current["metadata"]["resourceVersion"]
+        print(f"{label} {'unchanged' if same else 'configured'}")
     return 0
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    _kind(args.kind)
-    _client(args).request("DELETE", f"/api/v1/nodes/{args.name}")
-    print(f'node "{args.name}" deleted (its certificates are revoked)')
+    client = _client(args)
+    targets: list[tuple[resources.Kind, str, str | None]] = []
+    if args.filename:
+        for kind, obj in _validated(args):
+            meta = obj["metadata"]
+            targets.append((kind, meta["name"], meta.get("namespace") if kind.namespaced
+                            else None))
+    elif args.kind and args.name:
+        kind = resources.lookup(args.kind)
+        targets.append((kind, args.name, _namespace(args, kind)))
+    else:
+        raise ConfigError("say what to delete: `moorage delete KIND NAME` or `-f FILE`")
+    for kind, name, namespace in targets:
+        client.request("DELETE", kind.object_path(name, namespace))
+        extra = " (its certificates are revoked)" if kind.plural == "nodes" else ""
+        print(f'{kind.singular} "{name}" deleted{extra}')
+    return 0
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    kind = resources.lookup(args.kind)
+    obj = _client(args).request("GET", kind.object_path(args.name, _namespace(args, kind)))
+    meta = obj.get("metadata", {})
+    lines = [f"Name:         {meta.get('name')}"]
+    if kind.namespaced:
+        lines.append(f"Namespace:    {meta.get('namespace')}")
+    for title, field in (("Labels", "labels"), ("Annotations", "annotations")):
+        values = meta.get(field) or {}
+        text = "\n              ".join(f"{k}={v}" for k, v in sorted(values.items()))
+        lines.append(f"{title + ':':<14}{text or '<none>'}")
+    lines.append(f"Created:      {meta.get('creationTimestamp')}")
+    lines.append(f"Version:      {meta.get('resourceVersion')}")
+    for section in ("spec", "data", "status"):
+        if obj.get(section):
+            body = yamlio.dump(obj[section]).rstrip().replace("\n", "\n  ")
+            lines.append(f"{section.capitalize()}:\n  {body}")
+    print("\n".join(lines))
     return 0
 
 
@@ -304,13 +417,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = cloud(sub.add_parser("get", help="list or show resources"))
     p.add_argument("kind")
     p.add_argument("name", nargs="?")
+    p.add_argument("-n", "--namespace")
+    p.add_argument("-A", "--all-namespaces", action="store_true")
     p.add_argument("-o", "--output", choices=["wide", "yaml", "json"])
+    p.add_argument("-l", "--selector", help="label selector, e.g. app=web,tier!=db")
+    p.add_argument("--field-selector", help="e.g. spec.nodeName=edge-1")
+    p.add_argument("-w", "--watch", action="store_true")
     p.set_defaults(func=cmd_get)
 
-    p = cloud(sub.add_parser("delete", help="delete a resource (a node: revoke it too)"))
+    p = cloud(sub.add_parser("apply", help="create or update resources from manifests"))
+    p.add_argument("-f", "--filename", required=True, help="a file, a directory, or -")
+    p.add_argument("-n", "--namespace")
+    p.set_defaults(func=cmd_apply)
+
+    p = cloud(sub.add_parser("delete", help="delete resources (a node: revoke it too)"))
+    p.add_argument("kind", nargs="?")
+    p.add_argument("name", nargs="?")
+    p.add_argument("-f", "--filename")
+    p.add_argument("-n", "--namespace")
+    p.set_defaults(func=cmd_delete)
+
+    p = cloud(sub.add_parser("describe", help="show one resource in detail"))
     p.add_argument("kind")
     p.add_argument("name")
-    p.set_defaults(func=cmd_delete)
+    p.add_argument("-n", "--namespace")
+    p.set_defaults(func=cmd_describe)
 
     p = sub.add_parser("reset", help="remove this machine's Moorage state")
     p.add_argument("--data-dir", default=DEFAULT_EDGE_DIR)
