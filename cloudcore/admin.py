@@ -7,26 +7,23 @@ output for kubectl, and Kubernetes ``Status`` bodies for every error.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
-from cloudcore import tables
 from cloudcore.hub import Hub, NodeUnavailable
 from cloudcore.identity import from_transport
 from cloudcore.nodes import NodeRegistry
-from cloudcore.objects import Change, Conflict, Expired, NotFound, ObjectStore, key_of
-from moorage import __version__, envelope
+from cloudcore.objects import Conflict, NotFound, ObjectStore
+from moorage import __version__, envelope, kubeapi
 from moorage.durations import parse_seconds
 from moorage.errors import ConfigError, ManifestError
-from moorage.resources import KINDS, MAX_OBJECT_BYTES, Kind, ValidationError, by_plural, validate
-from moorage.selectors import field_selector, label_selector, merge_patch
+from moorage.kubeapi import not_found, status_body
+from moorage.resources import KINDS, MAX_OBJECT_BYTES, Kind, ValidationError, validate
+from moorage.selectors import merge_patch
 from moorage.token import JoinToken, sign_jwt
 
 log = logging.getLogger("cloudcore.admin")
@@ -34,21 +31,6 @@ log = logging.getLogger("cloudcore.admin")
 MAX_BODY_BYTES = MAX_OBJECT_BYTES
 PROXY_TIMEOUT = 10.0
 MAX_TOKEN_TTL = 7 * 86400.0
-MAX_WATCH_SECONDS = 1800.0
-WATCH_QUEUE = 10_000
-
-
-def status_body(code: int, reason: str, message: str, **details: Any) -> web.Response:
-    body: dict[str, Any] = {"kind": "Status", "apiVersion": "v1", "metadata": {},
-                            "status": "Failure" if code >= 400 else "Success",
-                            "message": message, "reason": reason, "code": code}
-    if details:
-        body["details"] = details
-    return web.json_response(body, status=code)
-
-
-def not_found(kind: str, name: str) -> web.Response:
-    return status_body(404, "NotFound", f'{kind} "{name}" not found', name=name, kind=kind)
 
 
 def invalid(exc: ValidationError, plural: str) -> web.Response:
@@ -73,17 +55,12 @@ class AdminAPI:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._authorize])
         r = app.router
-        for path in ("/healthz", "/readyz", "/livez"):
-            r.add_get(path, self.healthz)
-        r.add_get("/version", self.version)
-        r.add_get("/api", self.api_versions)
-        r.add_get("/apis", self.api_groups)
+        kubeapi.add_discovery(r, ["create", "delete", "get", "list", "patch", "update",
+                                  "watch"])
         r.add_get("/openapi/v3", self.openapi_index)
         r.add_get("/openapi/v3/{gv:.+}", self.openapi_group)
         r.add_route("*", "/api/v1/nodes/{name}/proxy/{path:.*}", self.proxy_node)
         r.add_post("/apis/moorage.io/v1/jointokens", self.create_token)
-        r.add_route("*", "/api/{version}", self.resource_list)
-        r.add_route("*", "/apis/{group}/{version}", self.resource_list)
         r.add_route("*", "/api/{version}/{rest:.+}", self.resources)
         r.add_route("*", "/apis/{group}/{version}/{rest:.+}", self.resources)
         return app
@@ -112,40 +89,6 @@ class AdminAPI:
             raise
 
     # ------------------------------------------------------------ discovery
-
-    async def healthz(self, _: web.Request) -> web.Response:
-        return web.Response(text="ok")
-
-    async def version(self, _: web.Request) -> web.Response:
-        return web.json_response({"major": "1", "minor": "32",
-                                  "gitVersion": f"v1.32.0-moorage.{__version__}",
-                                  "platform": "linux/amd64"})
-
-    async def api_versions(self, _: web.Request) -> web.Response:
-        return web.json_response({"kind": "APIVersions", "versions": ["v1"],
-                                  "serverAddressByClientCIDRs": []})
-
-    async def api_groups(self, _: web.Request) -> web.Response:
-        groups = []
-        for group in sorted({k.group for k in KINDS if k.group}):
-            versions = sorted({k.version for k in KINDS if k.group == group})
-            entries = [{"groupVersion": f"{group}/{v}", "version": v} for v in versions]
-            groups.append({"name": group, "versions": entries, "preferredVersion": entries[0]})
-        return web.json_response({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
-
-    async def resource_list(self, request: web.Request) -> web.Response:
-        group, version = request.match_info.get("group", ""), request.match_info["version"]
-        kinds = [k for k in KINDS if (k.group, k.version) == (group, version)]
-        if not kinds:
-            return status_body(404, "NotFound", f"the server could not find the requested "
-                                                f"resource {request.path}")
-        verbs = ["create", "delete", "get", "list", "patch", "update", "watch"]
-        return web.json_response({
-            "kind": "APIResourceList", "apiVersion": "v1",
-            "groupVersion": f"{group}/{version}" if group else version,
-            "resources": [{"name": k.plural, "singularName": k.singular, "namespaced": k.namespaced,
-                           "kind": k.kind, "verbs": verbs, "shortNames": list(k.short_names)}
-                          for k in kinds]})
 
     async def openapi_index(self, _: web.Request) -> web.Response:
         """OpenAPI v3 discovery, enough for kubectl to see that we validate server-side."""
@@ -183,22 +126,8 @@ class AdminAPI:
 
     # ------------------------------------------------------------ generic resources
 
-    def _parse(self, request: web.Request) -> tuple[Kind, str | None, str | None, str] | None:
-        """(kind, namespace, name, subresource) from the path, or None when unknown."""
-        group, version = request.match_info.get("group", ""), request.match_info["version"]
-        parts = request.match_info["rest"].strip("/").split("/")
-        namespace = None
-        if parts[0] == "namespaces" and len(parts) >= 3:
-            namespace, parts = parts[1], parts[2:]
-        kind = by_plural(group, version, parts[0])
-        if kind is None or len(parts) > 3 or (namespace is not None and not kind.namespaced):
-            return None
-        name = parts[1] if len(parts) > 1 else None
-        sub = parts[2] if len(parts) > 2 else ""
-        return kind, namespace, name, sub
-
     async def resources(self, request: web.Request) -> web.StreamResponse:
-        parsed = self._parse(request)
+        parsed = kubeapi.parse_path(request)
         if parsed is None:
             return status_body(404, "NotFound", "the server could not find the requested "
                                                 f"resource ({request.method} {request.path})")
@@ -215,7 +144,8 @@ class AdminAPI:
                 obj = self.store.get((kind.plural, ns_key, name or ""))
                 if obj is None:
                     return not_found(kind.plural, name or "")
-                return self._respond(request, kind, [obj], single=True)
+                return kubeapi.respond(request, kind, [obj], self.store.resource_version,
+                                       self.synced, single=True)
             if request.method == "POST" and name is None:
                 return await self._create(request, kind, ns_key)
             if request.method == "PUT" and name:
@@ -236,25 +166,10 @@ class AdminAPI:
         return status_body(405, "MethodNotAllowed",
                            f"{request.method} is not supported on {request.path}")
 
-    def _filters(self, request: web.Request) -> Callable[[dict[str, Any]], bool]:
-        labels = label_selector(request.query.get("labelSelector"))
-        fields = field_selector(request.query.get("fieldSelector"))
-        return lambda obj: labels(obj) and fields(obj)
-
     def _list(self, request: web.Request, kind: Kind, namespace: str | None) -> web.Response:
-        keep = self._filters(request)
+        keep = kubeapi.filters(request)
         items = [obj for obj in self.store.list(kind.plural, namespace) if keep(obj)]
-        return self._respond(request, kind, items)
-
-    def _respond(self, request: web.Request, kind: Kind, items: list[dict[str, Any]],
-                 single: bool = False) -> web.Response:
-        rv = str(self.store.resource_version)
-        if tables.wants_table(request.headers.get("Accept", "")):
-            return web.json_response(tables.table(kind.plural, items, rv, self.synced))
-        if single:
-            return web.json_response(items[0])
-        return web.json_response({"kind": kind.list_kind, "apiVersion": kind.api_version,
-                                  "metadata": {"resourceVersion": rv}, "items": items})
+        return kubeapi.respond(request, kind, items, self.store.resource_version, self.synced)
 
     async def _body(self, request: web.Request) -> Any:
         raw = await request.read()
@@ -329,76 +244,12 @@ class AdminAPI:
         return status_body(200, "", f'node "{name}" deleted; {len(serials)} certificate(s) '
                                     "revoked", name=name, kind="nodes")
 
-    # ------------------------------------------------------------ watch
-
     async def _watch(self, request: web.Request, kind: Kind,
                      namespace: str | None) -> web.StreamResponse:
-        keep = self._filters(request)
-        as_table = tables.wants_table(request.headers.get("Accept", ""))
-        timeout = MAX_WATCH_SECONDS
-        with contextlib.suppress(ValueError):
-            timeout = min(MAX_WATCH_SECONDS, float(request.query.get("timeoutSeconds", timeout)))
-        queue: asyncio.Queue[Change | None] = asyncio.Queue()
-
-        def listener(change: Change) -> None:
-            if queue.qsize() < WATCH_QUEUE:
-                queue.put_nowait(change)
-            else:
-                queue.put_nowait(None)  # too slow a reader: end its watch, it re-lists
-
-        def wanted(change: Change) -> bool:
-            key = key_of(change.kind, change.obj)
-            return change.kind == kind.plural and (namespace is None or key[1] == namespace) \
-                and keep(change.obj)
-
-        self.store.listeners.append(listener)
-        response = web.StreamResponse(headers={"Content-Type": "application/json"})
-        try:
-            rv_text = request.query.get("resourceVersion", "")
-            try:
-                since = int(rv_text) if rv_text not in ("", "0") else None
-            except ValueError:
-                return status_body(400, "BadRequest", f"invalid resourceVersion {rv_text!r}")
-            try:
-                backlog = ([Change("ADDED", kind.plural, obj, int(obj["metadata"]
-                                                                  ["resourceVersion"]))
-                            for obj in self.store.list(kind.plural, namespace)]
-                           if since is None else self.store.changes_since(since))
-            except Expired as exc:
-                await response.prepare(request)
-                gone = {"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                        "message": str(exc), "reason": "Expired", "code": 410}
-                await response.write(json.dumps({"type": "ERROR", "object": gone}).encode()
-                                     + b"\n")
-                return response
-            await response.prepare(request)
-            for change in backlog:
-                if wanted(change):
-                    await self._send_event(response, kind, change, as_table)
-            deadline = time.monotonic() + timeout
-            while (left := deadline - time.monotonic()) > 0:
-                try:
-                    change = await asyncio.wait_for(queue.get(), left)
-                except TimeoutError:
-                    break
-                if change is None:
-                    break
-                if wanted(change):
-                    await self._send_event(response, kind, change, as_table)
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
-        finally:
-            self.store.listeners.remove(listener)
-        return response
-
-    async def _send_event(self, response: web.StreamResponse, kind: Kind, change: Change,
-                          as_table: bool) -> None:
-        obj: Any = change.obj
-        if as_table:
-            obj = tables.table(kind.plural, [change.obj], str(change.resource_version),
-                               self.synced)
-        line = json.dumps({"type": change.type, "object": obj}, separators=(",", ":"))
-        await response.write(line.encode() + b"\n")
+        return await kubeapi.watch(
+            request, kind, namespace, current=lambda: self.store.list(kind.plural, namespace),
+            since=self.store.changes_since, listeners=self.store.listeners,
+            synced=self.synced)
 
     # ------------------------------------------------------------ nodes and tokens
 

@@ -17,7 +17,6 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,8 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from moorage.events import Event, TooOld
 
 log = logging.getLogger("cloudcore.objects")
 
@@ -120,17 +121,8 @@ class NotFound(Exception):
     pass
 
 
-class Expired(Exception):
-    """A watch asked to resume from a resourceVersion older than the kept history."""
-
-
-@dataclass(frozen=True)
-class Change:
-    type: str  # ADDED, MODIFIED, DELETED
-    kind: str
-    obj: dict[str, Any]
-    resource_version: int
-    status_only: bool = False  # nodes need not be told
+Change = Event
+Expired = TooOld
 
 
 def key_of(kind: str, obj: dict[str, Any]) -> Key:
