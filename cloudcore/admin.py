@@ -40,14 +40,14 @@ def invalid(exc: ValidationError, plural: str) -> web.Response:
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-SyncLookup = Callable[[str, tuple[str, str, str]], int | None]
+SyncLookup = Callable[[str, tuple[str, str, str]], str]
 
 
 class AdminAPI:
     def __init__(self, store: ObjectStore, registry: NodeRegistry, hub: Hub, token_key: bytes,
                  ca_hash: str, default_token_ttl: float,
                  on_node_deleted: Callable[[str], Awaitable[None]] | None = None,
-                 synced: SyncLookup = lambda node, key: None) -> None:
+                 synced: SyncLookup = lambda node, key: "<unknown>") -> None:
         self.store, self.registry, self.hub = store, registry, hub
         self.token_key, self.ca_hash, self.default_token_ttl = token_key, ca_hash, default_token_ttl
         self.on_node_deleted, self.synced = on_node_deleted, synced

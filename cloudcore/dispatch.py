@@ -20,6 +20,7 @@ from cloudcore.routing import Router
 from cloudcore.sync import Key, NodeSync, Outgoing, Target
 from moorage import envelope
 from moorage.envelope import Message
+from moorage.errors import ProtocolError
 from moorage.resources import lookup
 
 log = logging.getLogger("cloudcore.dispatch")
@@ -51,9 +52,13 @@ class Dispatcher:
         for node in {n["metadata"]["name"] for n in self.store.list("nodes")}:
             self.acked[node] = await self.store.acked(node)
 
-    def synced_version(self, node: str, key: Key) -> int | None:
+    def sync_state(self, node: str, key: Key) -> str:
+        """Has ``node`` acknowledged the latest version of ``key`` it must hold?"""
         held = self.acked.get(node, {}).get(key)
-        return held[1] if held else None
+        needed = self.store.sync_versions.get(key, 0)
+        if held is None:
+            return "Pending"
+        return "Synced" if held[1] >= needed else f"Behind ({held[1]}<{needed})"
 
     def target(self, node: str) -> Any:
         def target_of(key: Key) -> Target | None:
@@ -129,6 +134,21 @@ class Dispatcher:
             await self.store.record_ack(node, done.key, done.uid, done.resource_version)
             if sync.backlog < self.window:
                 self.wake.set()
+
+    async def apply_report(self, node: str, kind: str, namespace: str, name: str,
+                           message: Message) -> None:
+        """A status reported by ``node`` (``podstatus``): only for its own pods."""
+        pod = self.store.get(("pods", namespace, name))
+        if pod is None:
+            raise ProtocolError(f"pod {namespace}/{name} does not exist at the cloud")
+        if pod.get("spec", {}).get("nodeName") != node:
+            raise PermissionError(f"node {node!r} may not report about pod {namespace}/{name}, "
+                                  "which is not bound to it")
+        content = message.content if isinstance(message.content, dict) else {}
+        status = content.get("status")
+        if not isinstance(status, dict):
+            raise ProtocolError("content.status: expected an object")
+        await self.store.replace("pods", {**pod, "status": status}, status_only=True)
 
     # ------------------------------------------------------------ sending
 

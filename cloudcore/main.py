@@ -67,10 +67,11 @@ class CloudCore:
         self.hub.on_connect = self.dispatcher.node_connected
         self.hub.on_disconnect = self.dispatcher.node_disconnected
         self.hub.on_ack = self.dispatcher.on_ack
+        self.hub.on_report = self.dispatcher.apply_report
         self.admin = AdminAPI(self.store, self.registry, self.hub, self.token_key,
                               pki.ca_hash(ca.cert), hub_cfg.token_ttl,
                               on_node_deleted=self.dispatcher.node_deleted,
-                              synced=self.dispatcher.synced_version)
+                              synced=self.dispatcher.sync_state)
         self.runners: list = []
         self.stopping = asyncio.Event()
 

@@ -5,6 +5,7 @@ It holds no join token: `moorage join` uses the token once and never writes it.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,10 +78,48 @@ class Edged:
             raise ConfigError(f"{where}.hostnameOverride: required (the node name)")
 
 
+def check_address(server: str, allow_non_loopback: bool) -> tuple[str, int]:
+    host, _, port = server.rpartition(":")
+    host = host.strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        number = int(port)
+    except ValueError:
+        raise ConfigError(f"modules.metaManager.metaServer.server: expected IP:PORT, got "
+                          f"{server!r}") from None
+    if not loopback and not allow_non_loopback:
+        raise ConfigError(
+            f"modules.metaManager.metaServer.server: {host} is not a loopback address; the "
+            "MetaServer has no authentication, so it listens on 127.0.0.1 only (set "
+            "insecureAllowNonLoopback: true to override)")
+    return host, number
+
+
+@dataclass
+class MetaServer:
+    enable: bool = False
+    server: str = "127.0.0.1:10550"
+    insecure_allow_non_loopback: bool = False
+
+    def validate(self, where: str) -> None:
+        _host_port(self.server, f"{where}.server")
+
+
+@dataclass
+class MetaManager:
+    meta_server: MetaServer = field(default_factory=MetaServer)
+
+
 @dataclass
 class Modules:
     edge_hub: EdgeHub = field(default_factory=EdgeHub)
     edged: Edged = field(default_factory=Edged)
+    meta_manager: MetaManager = field(default_factory=MetaManager)
+
+
+@dataclass
+class Database:
+    data_source: str = ""  # the edge store; default <dataDir>/edgecore.db
 
 
 @dataclass
@@ -89,6 +128,7 @@ class EdgeCoreConfig:
     kind: str = "EdgeCore"
     data_dir: str = ""
     key_passphrase_file: str = ""
+    database: Database = field(default_factory=Database)
     modules: Modules = field(default_factory=Modules)
 
     def validate(self, where: str) -> None:
@@ -104,6 +144,10 @@ class EdgeCoreConfig:
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
+
+    @property
+    def database_path(self) -> Path:
+        return Path(self.database.data_source or self.data_path / "edgecore.db")
 
 
 def load(path: str | Path) -> EdgeCoreConfig:

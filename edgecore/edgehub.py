@@ -22,6 +22,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 from certs import CertError
 from certs.tls import describe_tls_error
 from edgecore.config import EdgeHub as EdgeHubConfig
+from edgecore.metamanager import MetaManager
+from edgecore.store import StoreError
 from moorage import envelope
 from moorage.backoff import full_jitter
 from moorage.envelope import Message
@@ -34,8 +36,11 @@ class EdgeHub:
     def __init__(self, cfg: EdgeHubConfig, node_name: str,
                  ssl_context: Callable[[], ssl.SSLContext],
                  node_object: Callable[[], dict[str, Any]], status_period: float,
-                 preflight: Callable[[], None] = lambda: None) -> None:
+                 meta: MetaManager, preflight: Callable[[], None] = lambda: None) -> None:
         self.cfg, self.node_name, self.status_period = cfg, node_name, status_period
+        self.meta = meta
+        self.outbox_wake = asyncio.Event()
+        meta.changed = self.outbox_wake.set
         self.preflight = preflight  # raises CertError when our certificate cannot work
         self.ssl_context, self.node_object = ssl_context, node_object
         self.uri = f"wss://{cfg.websocket.server}/{cfg.project_id}/{node_name}/events"
@@ -84,7 +89,8 @@ class EdgeHub:
     async def run(self, stopping: asyncio.Event) -> None:
         delays = full_jitter(self.cfg.reconnect_base, self.cfg.reconnect_max)
         tasks = [asyncio.create_task(self._heartbeat(stopping)),
-                 asyncio.create_task(self._report_status(stopping))]
+                 asyncio.create_task(self._report_status(stopping)),
+                 asyncio.create_task(self._pump_outbox(stopping))]
         last_error = ""
         try:
             while not stopping.is_set():
@@ -116,6 +122,7 @@ class EdgeHub:
         while self.ws is not None and not stopping.is_set():
             ws = self.ws
             self.connected.set()
+            self.outbox_wake.set()
             reader = asyncio.create_task(self._read(ws))
             registered = asyncio.create_task(self._register())
             stop_wait = asyncio.create_task(stopping.wait())
@@ -186,11 +193,36 @@ class EdgeHub:
 
     async def _report_status(self, stopping: asyncio.Event) -> None:
         while not await _sleep_or_stop(self.status_period, stopping):
-            node = self.node_object()
-            await self.send(Message(source="edged", group=envelope.GROUP_RESOURCE,
-                                    operation=envelope.UPDATE,
-                                    resource=f"default/nodestatus/{self.node_name}",
-                                    content={"status": node["status"]}))
+            try:
+                self.meta.report_node_status(self.node_name, self.node_object()["status"])
+            except StoreError as exc:
+                log.error("node status not recorded: %s", exc)
+
+    async def _pump_outbox(self, stopping: asyncio.Event) -> None:
+        """Send reports in order, one at a time; each leaves the outbox only once the
+        cloud acknowledged it after its own commit."""
+        while not stopping.is_set():
+            entries = self.meta.store.pending(limit=1)
+            if not entries or self.ws is None:
+                self.outbox_wake.clear()
+                await _sleep_or_stop_on(self.outbox_wake, 1.0, stopping)
+                continue
+            entry = entries[0]
+            answer = await self.request(
+                Message(source="edged", group=envelope.GROUP_RESOURCE,
+                        operation=entry.operation, resource=entry.resource,
+                        content=entry.content), timeout=max(2.0, self.cfg.heartbeat * 2))
+            if answer is None:
+                await _sleep_or_stop(0.2, stopping)  # lost or slow: send it again
+                continue
+            if answer.operation == envelope.ERROR:
+                log.warning("the cloud refused report %s (%s): %s; dropping it", entry.seq,
+                            entry.resource, answer.content)
+            try:
+                self.meta.store.done(entry.seq)
+            except StoreError as exc:
+                log.error("%s", exc)
+                await _sleep_or_stop(1.0, stopping)
 
     async def _read(self, ws: ClientConnection) -> None:
         with contextlib.suppress(ConnectionClosed):
@@ -209,7 +241,10 @@ class EdgeHub:
             if future is not None and not future.done():
                 future.set_result(message)
             return
-        if message.operation == envelope.QUERY and message.resource.startswith(
+        if message.group == envelope.GROUP_RESOURCE and message.operation in (
+                envelope.INSERT, envelope.UPDATE, envelope.DELETE):
+            reply = self.meta.handle(message)  # committed before this returns
+        elif message.operation == envelope.QUERY and message.resource.startswith(
                 f"node/{self.node_name}/"):
             path = message.resource.split("/", 2)[2]
             status, body = (200, "ok") if path in ("healthz", "readyz", "livez") else (
@@ -230,6 +265,14 @@ def _close_reason(ws: ClientConnection) -> str:
     if rcvd is not None:
         return f"closed by the cloud: code {rcvd.code} {rcvd.reason}".strip()
     return "no keepalive answer in time or network error"
+
+
+async def _sleep_or_stop_on(wake: asyncio.Event, seconds: float,
+                            stopping: asyncio.Event) -> None:
+    waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stopping.wait())]
+    await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    for waiter in waiters:
+        waiter.cancel()
 
 
 async def _sleep_or_stop(seconds: float, stopping: asyncio.Event) -> bool:

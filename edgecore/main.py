@@ -8,18 +8,21 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import sys
 from pathlib import Path
 
 from certs import CertError
 from edgecore import config as edge_config
 from edgecore.certmanager import CertManager
-from edgecore.config import EdgeCoreConfig
+from edgecore.config import EdgeCoreConfig, check_address
 from edgecore.edgehub import EdgeHub
+from edgecore.metamanager import MetaManager
 from edgecore.nodeinfo import node_object
+from edgecore.store import EdgeStore
 from moorage import __version__, logs
 from moorage.enroll import Endpoint
-from moorage.errors import MoorageError
+from moorage.errors import ConfigError, MoorageError
 
 log = logging.getLogger("edgecore")
 
@@ -50,9 +53,19 @@ class EdgeCore:
         self.certs.check()
         edged = cfg.modules.edged
         node_ip = edged.node_ip or _local_ip(hub_cfg.websocket.server)
+        try:
+            self.store = EdgeStore(cfg.database_path)
+        except (sqlite3.Error, OSError) as exc:
+            raise ConfigError(f"cannot open the edge store {cfg.database_path}: {exc}") from None
+        self.meta = MetaManager(self.store)
         self.hub = EdgeHub(hub_cfg, cfg.node_name, self.certs.client_context,
                            lambda: node_object(cfg.node_name, node_ip, edged.labels),
-                           edged.node_status_update_frequency, preflight=self.certs.check)
+                           edged.node_status_update_frequency, self.meta,
+                           preflight=self.certs.check)
+        meta_cfg = cfg.modules.meta_manager.meta_server
+        self.metaserver_address = check_address(meta_cfg.server,
+                                                meta_cfg.insecure_allow_non_loopback) \
+            if meta_cfg.enable else None
         self.stopping = asyncio.Event()
 
     async def run(self) -> None:
@@ -60,12 +73,28 @@ class EdgeCore:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         log.info("edgecore %s starting as node %s", __version__, self.cfg.node_name)
+        runner = None
+        if self.metaserver_address is not None:
+            from aiohttp import web  # only when enabled: it costs ~13 MB of RSS
+
+            from edgecore.metaserver import MetaServer
+
+            runner = web.AppRunner(MetaServer(self.meta).app(), access_log=None,
+                                   handle_signals=False)
+            await runner.setup()
+            host, port = self.metaserver_address
+            await web.TCPSite(runner, host, port, reuse_address=True).start()
+            log.info("MetaServer on http://%s:%d serving %d object(s) from the local store",
+                     host, port, len(self.store.keys()))
         tasks = [asyncio.create_task(self.hub.run(self.stopping))]
         if self.cfg.modules.edge_hub.rotate_certificates:
             tasks.append(asyncio.create_task(self.certs.run(self.hub.switch, self.stopping)))
         await self.stopping.wait()
         log.info("edgecore stopping")
         await asyncio.gather(*tasks, return_exceptions=True)
+        if runner is not None:
+            await runner.cleanup()
+        self.store.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -121,6 +121,17 @@ class EdgeStore:
         self.resource_version = max(self.resource_version, resource_version)
         return row is not None
 
+    def report_status(self, key: Key, status: dict[str, Any]) -> None:
+        """Replace the status of our copy; its resourceVersion stays the cloud's."""
+        with self._tx() as db:
+            row = db.execute("SELECT body FROM meta WHERE kind=? AND namespace=? AND name=?",
+                             key).fetchone()
+            if row is None:
+                return
+            obj = {**json.loads(row[0]), "status": status}
+            db.execute("UPDATE meta SET body=? WHERE kind=? AND namespace=? AND name=?",
+                       (json.dumps(obj, separators=(",", ":")), *key))
+
     def get(self, key: Key) -> dict[str, Any] | None:
         row = self.db.execute("SELECT body FROM meta WHERE kind=? AND namespace=? AND name=?",
                               key).fetchone()

@@ -10,8 +10,8 @@ from typing import Any
 from moorage.durations import format_age
 
 Key = tuple[str, str, str]
-# (node, key) -> resourceVersion the node acknowledged, or None
-SyncLookup = Callable[[str, Key], int | None]
+# (node, key) -> "Synced", "Pending" or "Behind (held<needed)": where the node is
+SyncLookup = Callable[[str, Key], str]
 
 
 def age(obj: dict[str, Any]) -> str:
@@ -47,15 +47,7 @@ def _pod_cells(obj: dict[str, Any], synced: SyncLookup) -> list[Any]:
     meta = obj["metadata"]
     sync = "<none>"
     if spec.get("nodeName"):
-        key = ("pods", meta.get("namespace", ""), meta["name"])
-        held = synced(spec["nodeName"], key)
-        latest = int(meta.get("resourceVersion", 0))
-        if held is None:
-            sync = "Pending"
-        elif held >= latest:
-            sync = "Synced"
-        else:
-            sync = f"Behind ({held}<{latest})"
+        sync = synced(spec["nodeName"], ("pods", meta.get("namespace", ""), meta["name"]))
     return [meta["name"], f"{ready}/{len(containers)}", phase, restarts, age(obj),
             status.get("podIP") or "<none>", node, sync]
 

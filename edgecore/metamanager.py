@@ -1,0 +1,114 @@
+"""MetaManager: applies the cloud's desired state to the edge store, and queues reports.
+
+Pure logic over :class:`EdgeStore`: it turns a downstream message into a
+commit and an ack (only after the commit), and an upstream report into an
+outbox entry. Listeners (the MetaServer's watches) hear of every change.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from edgecore.store import EdgeStore, Key, StoreError
+from moorage import envelope
+from moorage.envelope import Message
+from moorage.errors import ManifestError
+from moorage.events import Event, TooOld
+from moorage.resources import lookup
+
+log = logging.getLogger("edgecore.metamanager")
+
+HISTORY = 5_000
+
+
+class MetaManager:
+    def __init__(self, store: EdgeStore) -> None:
+        self.store = store
+        self.history: collections.deque[Event] = collections.deque(maxlen=HISTORY)
+        self.listeners: list[Callable[[Event], None]] = []
+        self.changed: Callable[[], None] = lambda: None  # wakes the outbox pump
+
+    @property
+    def resource_version(self) -> int:
+        return self.store.resource_version
+
+    def _publish(self, event: Event) -> None:
+        self.history.append(event)
+        for listener in list(self.listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.exception("a watch listener failed")
+
+    def since(self, resource_version: int) -> list[Event]:
+        if self.history and self.history[0].resource_version > resource_version + 1:
+            raise TooOld(f"too old resource version: {resource_version}")
+        return [e for e in self.history if e.resource_version > resource_version]
+
+    @staticmethod
+    def parse(resource: str) -> Key:
+        """``<namespace>/<type>/<name>`` -> (plural, namespace, name)."""
+        parts = resource.split("/")
+        if len(parts) != 3 or not all(parts):
+            raise ManifestError(f"resource {resource!r}: expected <namespace>/<type>/<name>")
+        kind = lookup(parts[1])
+        return kind.plural, parts[0] if kind.namespaced else "", parts[2]
+
+    def handle(self, message: Message) -> Message:
+        """Apply one downstream message; the reply is the ack (or an error, not an ack)."""
+        try:
+            key = self.parse(message.resource)
+            version = int(message.resource_version or "0")
+            if version <= 0:
+                raise ManifestError("header.resourceversion: required for desired state")
+            if message.operation in (envelope.INSERT, envelope.UPDATE):
+                obj = message.content
+                meta = obj.get("metadata") if isinstance(obj, dict) else None
+                if not isinstance(meta, dict) or meta.get("name") != key[2] \
+                        or not isinstance(meta.get("uid"), str):
+                    raise ManifestError("content: expected the object named in the resource, "
+                                        "with metadata.uid")
+                previous = self.store.get(key)
+                if self.store.apply(key, meta["uid"], version, obj):
+                    self._publish(Event("MODIFIED" if previous else "ADDED", key[0], obj,
+                                        version))
+            elif message.operation == envelope.DELETE:
+                previous = self.store.get(key)
+                if self.store.remove(key, version) and previous is not None:
+                    gone = {**previous, "metadata": {**previous["metadata"],
+                                                     "resourceVersion": str(version)}}
+                    self._publish(Event("DELETED", key[0], gone, version))
+            else:
+                raise ManifestError(f"operation {message.operation!r} is not handled here")
+        except (ManifestError, ValueError) as exc:
+            log.warning("message %s refused: %s", message.msg_id, exc)
+            return message.reply(str(exc), source="metamanager", operation=envelope.ERROR)
+        except StoreError as exc:
+            # No ack: the cloud sends it again later, when the disk may have room.
+            log.error("%s; the cloud will resend", exc)
+            return message.reply(str(exc), source="metamanager", operation=envelope.ERROR)
+        return message.reply("OK", source="metamanager")
+
+    # ------------------------------------------------------------ upstream
+
+    def report_node_status(self, node: str, status: dict[str, Any]) -> None:
+        self.store.enqueue(f"nodes//{node}", f"default/nodestatus/{node}", envelope.UPDATE,
+                           {"status": status})
+        self.changed()
+
+    def report_pod_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Record a pod's status locally (MetaServer shows it) and queue it for the cloud."""
+        key = ("pods", namespace, name)
+        pod = self.store.get(key)
+        if pod is None:
+            raise ManifestError(f'pods "{name}" not found on this node')
+        self.store.report_status(key, status)
+        self.store.enqueue(f"pods/{namespace}/{name}", f"{namespace}/podstatus/{name}",
+                           envelope.UPDATE, {"status": status})
+        updated = {**pod, "status": status}
+        self._publish(Event("MODIFIED", "pods", updated,
+                            int(pod["metadata"].get("resourceVersion", 0))))
+        self.changed()
