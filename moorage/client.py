@@ -18,6 +18,8 @@ TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io"
 
 
 class AdminClient:
+    """Not thread-safe: it keeps one connection alive; give each thread its own."""
+
     def __init__(self, access: AdminAccess, timeout: float = 30.0) -> None:
         self.access, self.timeout = access, timeout
         self.conn: http.client.HTTPSConnection | None = None

@@ -20,7 +20,6 @@ def test_edge_rotates_with_a_new_key_under_traffic_without_losing_a_message(env:
     wait_for(lambda: cloud.node_ready("rotor") is True, what="rotor Ready")
     first_cert = pki.load_cert(edge.pki / "edge.crt")
     first_key = (edge.pki / "edge.key").read_bytes()
-    admin = AdminClient(kubeconfig.load(cloud.kubeconfig))
 
     answers: list[str] = []
     failures: list[str] = []
@@ -29,6 +28,7 @@ def test_edge_rotates_with_a_new_key_under_traffic_without_losing_a_message(env:
 
     def traffic() -> None:
         # Bounded: stops when told or after 200 requests per thread.
+        admin = AdminClient(kubeconfig.load(cloud.kubeconfig))  # one connection per thread
         for _ in range(200):
             if done.is_set():
                 return
