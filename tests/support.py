@@ -209,6 +209,7 @@ class Edge:
     name: str
     dir: Path
     daemon: Daemon | None = None
+    metaserver_port: int = 0
 
     @property
     def config(self) -> Path:
@@ -344,3 +345,41 @@ class FaultProxy:
         for sock in list(self.pairs):
             self._drop(sock)
         self.listener.close()
+
+
+def enable_metaserver(edge: Edge) -> int:
+    """Turn on the edge's MetaServer on a free loopback port; returns the port."""
+    port = free_port()
+    edit_yaml(edge.config, lambda d: d["modules"].update(
+        metaManager={"metaServer": {"enable": True, "server": f"127.0.0.1:{port}"}}))
+    edge.metaserver_port = port
+    return port
+
+
+def http_json(port: int, path: str, method: str = "GET", body: Any = None,
+              content_type: str = "application/json") -> Any:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        payload = json.dumps(body).encode() if body is not None else None
+        conn.request(method, path, body=payload,
+                     headers={"Content-Type": content_type} if payload else {})
+        response = conn.getresponse()
+        data = response.read()
+        if response.status >= 400:
+            raise AssertionError(f"{method} {path}: {response.status} {data[:300]!r}")
+        return json.loads(data)
+    finally:
+        conn.close()
+
+
+def held(edge: Edge, plural: str, group_path: str = "/api/v1") -> set[str]:
+    """Names of the objects of one kind the edge's MetaServer serves (all namespaces)."""
+    items = http_json(edge.metaserver_port, f"{group_path}/{plural}")["items"]
+    return {item["metadata"]["name"] for item in items}
+
+
+def write_manifests(path: Path, docs: list[dict[str, Any]]) -> Path:
+    path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    return path
