@@ -640,7 +640,7 @@ def run(args: argparse.Namespace, root: Path, env: dict[str, str], res: Results,
         "cert_dir": str(sim_dir / "certs"), "key_file": str(key_path),
         "ca_file": str(data_dir / "pki" / "ca.crt"), "concurrency": args.concurrency,
         "attempts": 3, "open_timeout": 30.0, "connect_deadline": args.connect_deadline,
-        "ack_timeout": 60.0, "close_timeout": 20.0, "port": ports[0],
+        "ack_timeout": args.ack_timeout, "close_timeout": 20.0, "port": ports[0],
         "max_runtime": 1800.0,
     }
     sims = start_sims(hc.chunks(args.nodes, args.procs), sim_opts)
@@ -654,7 +654,7 @@ def run(args: argparse.Namespace, root: Path, env: dict[str, str], res: Results,
     go = time.monotonic()
     for sim in sims:
         sim.conn.send(("go", None))
-    stats = hc.collect(sims, "connected", args.connect_deadline + 130, core)
+    stats = hc.collect(sims, "connected", args.connect_deadline + args.ack_timeout + 70, core)
     ends = [t for s in stats for t in s["handshake_end"]]
     res.connect_wall_s = (max(ends) - go) if ends else 0.0
     res.connected = sum(s["connected"] for s in stats)
@@ -1003,6 +1003,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="handshakes in flight per simulator process (default 64)")
     parser.add_argument("--connect-deadline", type=float, default=150.0,
                         help="bound on the connect phase, seconds (default 150)")
+    parser.add_argument("--ack-timeout", type=float, default=120.0,
+                        help="wait for cloudcore's registration ack per node, s (default 120)")
     parser.add_argument("--drain-timeout", type=float, default=30.0,
                         help="wait for late deliveries after the latency phase, s (default 30)")
     parser.add_argument("--fan-timeout", type=float, default=60.0,

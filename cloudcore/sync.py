@@ -76,9 +76,10 @@ class NodeSync:
             key, _ = self.queue.popitem(last=False)
             target = target_of(key)
             pending = self.inflight.get(self.latest_for.get(key, ""))
-            if pending is not None and _same_target(pending, target):
-                continue  # already on its way
-            if not self.needs(key, target):
+            if pending is not None:
+                if _same_target(pending, target):
+                    continue  # already on its way
+            elif not self.needs(key, target):
                 continue
             message = Outgoing(
                 msg_id=str(uuid.uuid4()), key=key,

@@ -33,7 +33,8 @@ class MetaManager:
 
     @property
     def resource_version(self) -> int:
-        return self.store.resource_version
+        """The local revision: what lists report and watches resume from."""
+        return self.store.revision
 
     def _publish(self, event: Event) -> None:
         self.history.append(event)
@@ -74,13 +75,13 @@ class MetaManager:
                 previous = self.store.get(key)
                 if self.store.apply(key, meta["uid"], version, obj):
                     self._publish(Event("MODIFIED" if previous else "ADDED", key[0], obj,
-                                        version))
+                                        self.store.revision))
             elif message.operation == envelope.DELETE:
                 previous = self.store.get(key)
                 if self.store.remove(key, version) and previous is not None:
                     gone = {**previous, "metadata": {**previous["metadata"],
                                                      "resourceVersion": str(version)}}
-                    self._publish(Event("DELETED", key[0], gone, version))
+                    self._publish(Event("DELETED", key[0], gone, self.store.revision))
             else:
                 raise ManifestError(f"operation {message.operation!r} is not handled here")
         except (ManifestError, ValueError) as exc:
@@ -109,6 +110,5 @@ class MetaManager:
         self.store.enqueue(f"pods/{namespace}/{name}", f"{namespace}/podstatus/{name}",
                            envelope.UPDATE, {"status": status})
         updated = {**pod, "status": status}
-        self._publish(Event("MODIFIED", "pods", updated,
-                            int(pod["metadata"].get("resourceVersion", 0))))
+        self._publish(Event("MODIFIED", "pods", updated, self.store.revision))
         self.changed()

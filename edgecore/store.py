@@ -65,6 +65,10 @@ class EdgeStore:
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
         self.resource_version = self._max_version()
+        row = self.db.execute("SELECT value FROM state WHERE name='revision'").fetchone()
+        # The local revision orders every change here (the cloud's versions, and status
+        # reports made on this node); it is what MetaServer lists and watches use.
+        self.revision = max(int(row[0]) if row else 0, self.resource_version)
 
     def close(self) -> None:
         self.db.close()
@@ -81,6 +85,11 @@ class EdgeStore:
             self.db.execute("COMMIT")
         except sqlite3.Error as exc:
             raise StoreError(f"the edge store {self.path} cannot be written: {exc}") from exc
+
+    def _bump(self, db: sqlite3.Connection, at_least: int = 0) -> int:
+        revision = max(self.revision + 1, at_least)
+        db.execute("INSERT OR REPLACE INTO state VALUES ('revision', ?)", (str(revision),))
+        return revision
 
     def _max_version(self) -> int:
         row = self.db.execute("SELECT MAX(resource_version) FROM meta").fetchone()
@@ -103,6 +112,8 @@ class EdgeStore:
                        (*key, uid, resource_version, json.dumps(obj, separators=(",", ":"))))
             if tomb is not None:
                 db.execute("DELETE FROM tombstones WHERE kind=? AND namespace=? AND name=?", key)
+            revision = self._bump(db, resource_version)
+        self.revision = revision
         self.resource_version = max(self.resource_version, resource_version)
         return True
 
@@ -114,10 +125,13 @@ class EdgeStore:
             if row is not None and row[0] > resource_version:
                 return False
             db.execute("DELETE FROM meta WHERE kind=? AND namespace=? AND name=?", key)
-            db.execute("INSERT OR REPLACE INTO tombstones VALUES (?, ?, ?, ?)",
+            db.execute("INSERT INTO tombstones VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
+                       "resource_version = max(resource_version, excluded.resource_version)",
                        (*key, resource_version))
             db.execute("DELETE FROM tombstones WHERE rowid IN (SELECT rowid FROM tombstones "
                        "ORDER BY resource_version DESC LIMIT -1 OFFSET ?)", (MAX_TOMBSTONES,))
+            revision = self._bump(db, resource_version)
+        self.revision = revision
         self.resource_version = max(self.resource_version, resource_version)
         return row is not None
 
@@ -131,6 +145,8 @@ class EdgeStore:
             obj = {**json.loads(row[0]), "status": status}
             db.execute("UPDATE meta SET body=? WHERE kind=? AND namespace=? AND name=?",
                        (json.dumps(obj, separators=(",", ":")), *key))
+            revision = self._bump(db)
+        self.revision = revision
 
     def get(self, key: Key) -> dict[str, Any] | None:
         row = self.db.execute("SELECT body FROM meta WHERE kind=? AND namespace=? AND name=?",

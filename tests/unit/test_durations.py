@@ -9,7 +9,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from moorage.durations import format_age, parse_duration, parse_seconds
+from moorage.durations import MAX_SECONDS, format_age, parse_duration, parse_seconds
 from moorage.errors import ConfigError
 
 
@@ -74,7 +74,7 @@ def test_sum_of_parts(parts: list[tuple[int, str]]) -> None:
     units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
     text = "".join(f"{n}{unit}" for n, unit in parts)
     expected = sum(n * units[unit] for n, unit in parts)
-    if expected <= 0:
+    if expected <= 0 or expected > MAX_SECONDS:  # zero, or beyond the 100-year cap
         with pytest.raises(ConfigError):
             parse_seconds(text)
     else:

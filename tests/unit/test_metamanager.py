@@ -266,7 +266,9 @@ def test_report_pod_status_queues_and_publishes(manager: MetaManager, store: Edg
     assert entry.resource == "prod/podstatus/api"
     assert entry.operation == envelope.UPDATE
     assert entry.content == {"status": {"phase": "Running"}}
-    assert [(e.type, e.kind, e.resource_version) for e in events] == [("MODIFIED", "pods", 7)]
+    # A local change: it gets a new local revision, after everything before it.
+    assert [(e.type, e.kind, e.resource_version) for e in events] == [("MODIFIED", "pods", 8)]
+    assert manager.resource_version == 8
     assert events[0].obj["status"] == {"phase": "Running"}
     assert events[0].obj["metadata"]["name"] == "api"
     held = store.get(("pods", "prod", "api"))
