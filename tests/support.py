@@ -25,6 +25,17 @@ SCALE = float(os.environ.get("MOORAGE_TEST_TIMEOUT_SCALE", "1"))
 T = TypeVar("T")
 
 
+def require(condition: bool, reason: str) -> None:
+    """Skip locally when a system component is missing; fail in CI, which must have it."""
+    if condition:
+        return
+    import pytest
+
+    if os.environ.get("MOORAGE_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{reason} (MOORAGE_REQUIRE_SERVICES=1: CI must provide it)")
+    pytest.skip(reason)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

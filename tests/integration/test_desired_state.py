@@ -81,6 +81,7 @@ def all_pods_synced(cloud: Cloud) -> bool:
 
 
 def start_fleet(cloud: Cloud, names: list[str]) -> list[Edge]:
+    """Enroll and start edges with their MetaServer on."""
     token = cloud.token()
     edges = []
     for name in names:

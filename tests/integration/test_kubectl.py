@@ -1,0 +1,123 @@
+"""A real kubectl against the admin API (with the kubeconfig `moorage init` writes) and
+against an edge's MetaServer."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.integration.test_desired_state import start_fleet
+from tests.support import Env, enable_metaserver, make_cloud, require, wait_for, write_manifests
+
+KUBECTL = shutil.which("kubectl")
+
+
+def kubectl(*args: str, env: Env) -> subprocess.CompletedProcess[str]:
+    assert KUBECTL is not None
+    return subprocess.run([KUBECTL, *args], capture_output=True, text=True, timeout=60,
+                          env=env.vars, check=False)
+
+
+class Watcher:
+    """`kubectl get -w` in the background, its output in a file."""
+
+    def __init__(self, env: Env, name: str, *args: str) -> None:
+        assert KUBECTL is not None
+        self.path = env.root / f"{name}.out"
+        with self.path.open("w") as out:
+            self.proc = subprocess.Popen([KUBECTL, *args], stdout=out, stderr=subprocess.STDOUT,
+                                         env=env.vars)
+
+    def output(self) -> str:
+        return self.path.read_text()
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def pod(name: str, node: str) -> dict[str, object]:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"a": "b"}},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]}}
+
+
+@pytest.fixture(autouse=True)
+def _kubectl() -> None:
+    require(KUBECTL is not None, "kubectl is not on PATH")
+
+
+def test_kubectl_against_the_admin_api(env: Env) -> None:
+    cloud = make_cloud(env).start()
+    kc = ["--kubeconfig", str(cloud.kubeconfig)]
+    watcher = Watcher(env, "watch", *kc, "get", "pods", "-w")
+    try:
+        manifest = write_manifests(env.root / "pod.yaml", [pod("from-kubectl", "somewhere")])
+        created = kubectl(*kc, "create", "-f", str(manifest), env=env)
+        assert created.returncode == 0, created.stderr
+        assert "pod/from-kubectl created" in created.stdout
+
+        listed = kubectl(*kc, "get", "pods", env=env)
+        assert listed.stdout.split()[:5] == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+        assert "from-kubectl" in listed.stdout
+
+        as_yaml = yaml.safe_load(kubectl(*kc, "get", "pod", "from-kubectl", "-o", "yaml",
+                                         env=env).stdout)
+        assert as_yaml["spec"]["nodeName"] == "somewhere"
+        assert as_yaml["metadata"]["uid"]
+
+        wait_for(lambda: "from-kubectl" in watcher.output(), what="kubectl -w to show it")
+        again = kubectl(*kc, "create", "-f", str(manifest), env=env)
+        assert again.returncode != 0 and "already exists" in again.stderr
+
+        deleted = kubectl(*kc, "delete", "pod", "from-kubectl", env=env)
+        assert deleted.returncode == 0 and 'pod "from-kubectl" deleted' in deleted.stdout
+        missing = kubectl(*kc, "get", "pod", "from-kubectl", env=env)
+        assert missing.returncode != 0 and "NotFound" in missing.stderr
+
+        invalid = write_manifests(env.root / "bad.yaml", [{
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "bad"},
+            "spec": {"containers": [{"name": "c"}]}}])
+        refused = kubectl(*kc, "create", "-f", str(invalid), env=env)
+        assert refused.returncode != 0
+        assert "spec.containers[0].image: required" in refused.stderr
+        nodes = kubectl(*kc, "get", "nodes", env=env)
+        assert nodes.returncode == 0
+    finally:
+        watcher.stop()
+
+
+def test_kubectl_against_the_metaserver(env: Env) -> None:
+    cloud = make_cloud(env).start()
+    (edge,) = start_fleet(cloud, ["edgy"])
+    server = ["--server", f"http://127.0.0.1:{edge.metaserver_port}"]
+    watcher = Watcher(env, "edge-watch", *server, "get", "pods", "-w")
+    try:
+        cloud.moorage("apply", "-f", str(write_manifests(env.root / "p.yaml",
+                                                         [pod("at-the-edge", "edgy")])))
+        wait_for(lambda: "at-the-edge" in watcher.output(), what="kubectl -w at the edge")
+        listed = kubectl(*server, "get", "pods", env=env)
+        assert listed.returncode == 0 and "at-the-edge" in listed.stdout
+        assert listed.stdout.split()[:2] == ["NAME", "READY"]
+        got = yaml.safe_load(kubectl(*server, "get", "pod", "at-the-edge", "-o", "yaml",
+                                     env=env).stdout)
+        assert got["spec"]["nodeName"] == "edgy"
+    finally:
+        watcher.stop()
+
+
+def test_metaserver_refuses_a_non_loopback_address(env: Env) -> None:
+    cloud = make_cloud(env).start()
+    from tests.support import edit_yaml, join
+
+    edge = join(cloud, "exposed")
+    enable_metaserver(edge)
+    edit_yaml(edge.config, lambda d: d["modules"]["metaManager"]["metaServer"].update(
+        server="0.0.0.0:10550"))
+    result = env.run("edgecore", "--config", str(edge.config), check=False)
+    assert result.returncode == 2
+    assert "0.0.0.0 is not a loopback address" in result.stderr
+    assert Path(edge.config).exists()
