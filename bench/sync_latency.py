@@ -195,6 +195,8 @@ async def _simulate(first: int, count: int, opts: dict[str, Any], ctrl: Connecti
     async def one(local: int, name: str, deadline: float, gate: asyncio.Semaphore) -> None:
         uri = f"wss://127.0.0.1:{opts['port']}/{hc.PROJECT_ID}/{name}/events"
         ws: ClientConnection | None = None
+        if opts["connect_rate"]:  # this process' share of the overall connect rate
+            await asyncio.sleep(local * opts["procs"] / opts["connect_rate"])
         for attempt in range(opts["attempts"]):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -228,15 +230,22 @@ async def _simulate(first: int, count: int, opts: dict[str, Any], ctrl: Connecti
         sent = time.monotonic()
         try:
             await ws.send(envelope.encode(message))
-            reply = await asyncio.wait_for(future, opts["ack_timeout"])
-        except TimeoutError:
-            final_errors["no registration ack in time"] += 1
-            return
-        except ConnectionClosed as exc:
-            final_errors[f"closed around registration: {exc}"[:120]] += 1
-            return
+            await asyncio.wait({future, reader}, timeout=opts["ack_timeout"],
+                               return_when=asyncio.FIRST_COMPLETED)
+        except ConnectionClosed:
+            pass
         finally:
             waiting.pop(message.msg_id, None)
+        if not future.done():
+            future.cancel()
+            if reader.done() or ws.state is not State.OPEN:
+                rcvd = ws.protocol.close_rcvd
+                why = f"code {rcvd.code} {rcvd.reason}".strip() if rcvd else "connection lost"
+                final_errors[f"connection closed before the registration ack ({why})"] += 1
+            else:
+                final_errors["no registration ack in time"] += 1
+            return
+        reply = future.result()
         if reply.operation == envelope.RESPONSE:
             reg_ack_s.append(time.monotonic() - sent)
         else:
@@ -245,11 +254,12 @@ async def _simulate(first: int, count: int, opts: dict[str, Any], ctrl: Connecti
     async def connect_all() -> None:
         go = time.monotonic()
         ru0 = resource.getrusage(resource.RUSAGE_SELF)
-        deadline = go + opts["connect_deadline"]
+        ramp = count * opts["procs"] / opts["connect_rate"] if opts["connect_rate"] else 0.0
+        deadline = go + ramp + opts["connect_deadline"]
         gate = asyncio.Semaphore(opts["concurrency"])
         tasks = [asyncio.create_task(one(i, name, deadline, gate))
                  for i, name in enumerate(names)]
-        _, late = await asyncio.wait(tasks, timeout=opts["connect_deadline"]
+        _, late = await asyncio.wait(tasks, timeout=ramp + opts["connect_deadline"]
                                      + opts["ack_timeout"] + 10)
         for task in late:
             task.cancel()
@@ -290,9 +300,10 @@ async def _simulate(first: int, count: int, opts: dict[str, Any], ctrl: Connecti
             command, _ = await next_command()
             if command == "report":
                 batch, records[:] = list(records), []
+                open_nodes = [first + i for i, name in enumerate(names)
+                              if name in conns and conns[name].state is State.OPEN]
                 ctrl.send(("report", {
-                    "records": batch, "open": sum(1 for ws in conns.values()
-                                                  if ws.state is State.OPEN),
+                    "records": batch, "open": len(open_nodes), "open_nodes": open_nodes,
                     "counters": dict(counters), "drops": dict(drop_reasons),
                     "rss_kib": hc.rss_kib(os.getpid())}))
             elif command == "stop":
@@ -502,12 +513,14 @@ class Deliveries:
         self.sizes: dict[str, list[int]] = collections.defaultdict(list)
         self.total = 0
         self.open = 0
+        self.open_nodes: set[int] = set()
         self.counters: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
         self.sim_rss_kib: list[int] = []
 
     def add(self, reports: list[dict[str, Any]]) -> None:
         self.open = sum(r["open"] for r in reports)
+        self.open_nodes = {i for r in reports for i in r["open_nodes"]}
         self.counters = Counter()
         self.drops = Counter()
         self.sim_rss_kib = [r["rss_kib"] for r in reports]
@@ -564,6 +577,9 @@ class Results:
     node_objects_delivered: int = 0
     connect_errors: Counter[str] = field(default_factory=Counter)
     rss_before_kib: int = 0
+    connected_at_rss: int = 0
+    registered: int = 0
+    quiet_wait_s: float = 0.0
     rss_after_kib: int = 0
     # latency phase
     planned: int = 0
@@ -577,6 +593,7 @@ class Results:
     lat_ms: list[float] = field(default_factory=list)  # receive - POST returned
     lat_sent_ms: list[float] = field(default_factory=list)  # receive - POST sent
     never: int = 0
+    never_offline: int = 0  # of those: for a node whose connection was gone
     misrouted: int = 0
     negative: int = 0
     cpu_latency_s: float = 0.0
@@ -590,8 +607,10 @@ class Results:
     fan_pods_ok: int = 0
     fan_setup_s: float = 0.0
     fan_setup_complete: bool = False
-    fan_ms: list[float] = field(default_factory=list)
+    fan_ms: list[float] = field(default_factory=list)  # receive - PUT returned
+    fan_sent_ms: list[float] = field(default_factory=list)  # receive - PUT sent
     fan_missing: int = 0
+    fan_offline: int = 0  # nodes with a fan pod that were no longer connected
     fan_put_ms: float = 0.0
     fan_cpu_s: float = 0.0
     fan_msg_bytes: int = 0
@@ -601,6 +620,16 @@ class Results:
     base_payload_bytes: int = 0
     notes: list[str] = field(default_factory=list)
     log_lines: Counter[str] = field(default_factory=Counter)
+
+
+def registered_nodes(access: Any) -> int:
+    from moorage.client import AdminClient
+
+    client = AdminClient(access, timeout=60.0)
+    try:
+        return len(client.request("GET", "/api/v1/nodes").get("items") or [])
+    finally:
+        client.close()
 
 
 def own_cpu_s(pids: list[int]) -> float:
@@ -641,7 +670,7 @@ def run(args: argparse.Namespace, root: Path, env: dict[str, str], res: Results,
         "ca_file": str(data_dir / "pki" / "ca.crt"), "concurrency": args.concurrency,
         "attempts": 3, "open_timeout": 30.0, "connect_deadline": args.connect_deadline,
         "ack_timeout": args.ack_timeout, "close_timeout": 20.0, "port": ports[0],
-        "max_runtime": 1800.0,
+        "max_runtime": 1800.0, "connect_rate": args.connect_rate, "procs": args.procs,
     }
     sims = start_sims(hc.chunks(args.nodes, args.procs), sim_opts)
     started.append(sims)
@@ -654,7 +683,9 @@ def run(args: argparse.Namespace, root: Path, env: dict[str, str], res: Results,
     go = time.monotonic()
     for sim in sims:
         sim.conn.send(("go", None))
-    stats = hc.collect(sims, "connected", args.connect_deadline + args.ack_timeout + 70, core)
+    ramp = args.nodes / args.connect_rate if args.connect_rate else 0.0
+    stats = hc.collect(sims, "connected",
+                       ramp + args.connect_deadline + args.ack_timeout + 70, core)
     ends = [t for s in stats for t in s["handshake_end"]]
     res.connect_wall_s = (max(ends) - go) if ends else 0.0
     res.connected = sum(s["connected"] for s in stats)
@@ -676,10 +707,25 @@ def run(args: argparse.Namespace, root: Path, env: dict[str, str], res: Results,
 
     wait_until(sims, deliveries, core, lambda: node_objects() >= res.connected, 120)
     res.node_objects_delivered = node_objects()
+    # Let cloudcore finish what the connect storm left queued (late registrations, nodes
+    # turning NotReady) before measuring: CPU under 0.3 core over 2 s, bounded in time.
+    quiet_start = time.monotonic()
+    while time.monotonic() - quiet_start < args.quiet_timeout:
+        c0 = hc.cpu_seconds(core.pid)
+        time.sleep(2.0)
+        core.check()
+        if hc.cpu_seconds(core.pid) - c0 < 0.6:
+            break
+    res.quiet_wait_s = time.monotonic() - quiet_start
     time.sleep(args.settle)
     res.rss_after_kib = hc.rss_kib(core.pid)
+    poll(sims, deliveries, core)
+    res.connected_at_rss = deliveries.open
+    res.registered = registered_nodes(access)
     log(f"cloudcore RSS {res.rss_before_kib / 1024:.1f} -> {res.rss_after_kib / 1024:.1f} MiB; "
-        f"{res.node_objects_delivered} Node objects delivered")
+        f"{res.node_objects_delivered} Node objects delivered; {res.connected_at_rss} connected, "
+        f"{res.registered} Node objects in the store (waited {res.quiet_wait_s:.0f}s for "
+        "cloudcore to go quiet)")
 
     # ---- 1. distribution latency
     total = int(args.rate * args.duration)
@@ -722,18 +768,25 @@ def run(args: argparse.Namespace, root: Path, env: dict[str, str], res: Results,
     log(f"latency phase: {res.committed}/{total} committed in {res.drive_wall_s:.1f}s "
         f"({res.achieved_rate:.1f}/s); waiting up to {args.drain_timeout:g}s for deliveries")
 
+    def target(r: Done) -> int:
+        return int(r.tag.split("-")[1]) % args.nodes
+
     def arrived(r: Done) -> bool:
         return (f"{NAMESPACE}/pod/{r.tag}", r.rv) in deliveries.by_object
 
-    wait_until(sims, deliveries, core, lambda: all(arrived(r) for r in committed),
-               args.drain_timeout)
+    # Wait for what can still arrive: objects for nodes that are connected.
+    wait_until(sims, deliveries, core,
+               lambda: all(arrived(r) or target(r) not in deliveries.open_nodes
+                           for r in committed), args.drain_timeout)
     for r in committed:
         hit = deliveries.by_object.get((f"{NAMESPACE}/pod/{r.tag}", r.rv))
         if hit is None:
             res.never += 1
+            if target(r) not in deliveries.open_nodes:
+                res.never_offline += 1
             continue
         t, node = hit
-        expected = int(r.tag.split("-")[1]) % args.nodes
+        expected = target(r)
         if node != expected:
             res.misrouted += 1
         res.lat_ms.append(1000 * (t - r.done))
@@ -822,20 +875,21 @@ def fanout(args: argparse.Namespace, access: Any, sims: list[hc.Sim], deliveries
         "waiting for delivery")
     nodes_with_pod = {int(r.tag.split("-")[1]) for r in ok}
 
-    def setup_done() -> bool:
-        return all((i, FAN_RESOURCE, str(first_rv)) in deliveries.first for i in nodes_with_pod)
-
     pods_by_node = {int(r.tag.split("-")[1]): r for r in ok}
 
-    def setup_complete() -> bool:
-        return all((i, f"{NAMESPACE}/pod/{r.tag}", r.rv) in deliveries.first
-                   for i, r in pods_by_node.items()) and setup_done()
+    def setup_complete() -> bool:  # every connected node holds its pod and the configmap
+        return all(((i, f"{NAMESPACE}/pod/{r.tag}", r.rv) in deliveries.first
+                    and (i, FAN_RESOURCE, str(first_rv)) in deliveries.first)
+                   or i not in deliveries.open_nodes for i, r in pods_by_node.items())
 
     res.fan_setup_complete = wait_until(sims, deliveries, core, setup_complete,
                                         max(60.0, n / 50))
     res.fan_setup_s = time.monotonic() - t0
     have_cm = sum(1 for i in nodes_with_pod if (i, FAN_RESOURCE, str(first_rv))
                   in deliveries.first)
+    if len(deliveries.open_nodes) < len(nodes_with_pod):
+        res.notes.append(f"fan-out: {len(nodes_with_pod - deliveries.open_nodes)} of the "
+                         f"{len(nodes_with_pod)} nodes with a fan pod were not connected")
     log(f"fan-out setup: {have_cm}/{len(nodes_with_pod)} nodes hold configmap {FAN} after "
         f"{res.fan_setup_s:.1f}s")
     if not res.fan_setup_complete:
@@ -860,20 +914,25 @@ def fanout(args: argparse.Namespace, access: Any, sims: list[hc.Sim], deliveries
     res.fan_msg_bytes = len(envelope.encode(envelope.Message(
         source="edgecontroller", group=envelope.GROUP_RESOURCE, operation=envelope.UPDATE,
         resource=FAN_RESOURCE, resource_version=rv2, content=updated)))
-    log(f"fan-out: configmap {FAN} updated (rv {rv2}); waiting for all {len(nodes_with_pod)} "
-        "nodes")
+    log(f"fan-out: configmap {FAN} updated (rv {rv2}); waiting for the "
+        f"{len(nodes_with_pod & deliveries.open_nodes)} connected nodes of "
+        f"{len(nodes_with_pod)}")
     wait_until(sims, deliveries, core,
-               lambda: all((i, FAN_RESOURCE, rv2) in deliveries.first for i in nodes_with_pod),
+               lambda: all((i, FAN_RESOURCE, rv2) in deliveries.first
+                           or i not in deliveries.open_nodes for i in nodes_with_pod),
                args.fan_timeout, every=0.25)
     res.fan_cpu_s = hc.cpu_seconds(core.pid) - cpu1
     for i in nodes_with_pod:
         t = deliveries.first.get((i, FAN_RESOURCE, rv2))
         if t is None:
             res.fan_missing += 1
+            if i not in deliveries.open_nodes:
+                res.fan_offline += 1
         else:
             res.fan_ms.append(1000 * (t - put_done))
-    log(f"fan-out: {len(res.fan_ms)}/{len(nodes_with_pod)} nodes got v2; max "
-        f"{max(res.fan_ms, default=0):.0f} ms")
+            res.fan_sent_ms.append(1000 * (t - sent))
+    log(f"fan-out: {len(res.fan_ms)}/{len(nodes_with_pod)} nodes got v2 "
+        f"({res.fan_offline} not connected); max {max(res.fan_ms, default=0):.0f} ms")
 
 
 def summarize_log(text: str) -> Counter[str]:
@@ -915,12 +974,14 @@ def report(res: Results, args: argparse.Namespace, facts: dict[str, str]) -> Non
     print("| figure | objects | arrived | never arrived | P50 ms | P90 ms | P99 ms | max ms |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     lat = res.lat_ms
+    never = f"{res.never:,}" + (f" ({res.never_offline:,} to disconnected nodes)"
+                                if res.never_offline else "")
     print(f"| cloudcore: 201 returned -> edge received | {res.committed:,} | {len(lat):,} | "
-          f"{res.never:,} | {ms(q(lat, .5))} | {ms(q(lat, .9))} | {ms(q(lat, .99))} | "
+          f"{never} | {ms(q(lat, .5))} | {ms(q(lat, .9))} | {ms(q(lat, .99))} | "
           f"{ms(max(lat, default=0))} |")
     ls = res.lat_sent_ms
     print(f"| cloudcore: POST sent -> edge received (upper bound) | {res.committed:,} | "
-          f"{len(ls):,} | {res.never:,} | {ms(q(ls, .5))} | {ms(q(ls, .9))} | "
+          f"{len(ls):,} | {never} | {ms(q(ls, .5))} | {ms(q(ls, .9))} | "
           f"{ms(q(ls, .99))} | {ms(max(ls, default=0))} |")
     b = res.base_rtt_ms
     print(f"| baseline: bare websockets TLS echo round trip | {res.base_sent:,} | {len(b):,} | "
@@ -945,11 +1006,15 @@ def report(res: Results, args: argparse.Namespace, facts: dict[str, str]) -> Non
               "(PUT returned -> each node received the new version)")
         print()
         print("| nodes | received | missing | all received (max) ms | P50 ms | P99 ms "
-              "| PUT round trip ms | cloudcore CPU s until all received |")
-        print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-        print(f"| {res.fan_pods_ok:,} | {len(f):,} | {res.fan_missing:,} | "
+              "| all received from PUT sent ms | PUT round trip ms "
+              "| cloudcore CPU s until all received |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        missing = f"{res.fan_missing:,}" + (f" ({res.fan_offline:,} disconnected)"
+                                            if res.fan_offline else "")
+        print(f"| {res.fan_pods_ok:,} | {len(f):,} | {missing} | "
               f"{ms(max(f, default=0))} | {ms(q(f, .5))} | {ms(q(f, .99))} | "
-              f"{ms(res.fan_put_ms)} | {res.fan_cpu_s:.2f} |")
+              f"{ms(max(res.fan_sent_ms, default=0))} | {ms(res.fan_put_ms)} | "
+              f"{res.fan_cpu_s:.2f} |")
         print()
         print(f"Target: one object to all 10,000 nodes <= 5 s. Setup ({res.fan_pods_ok:,} pods "
               f"created and delivered with configmap {FAN}): {res.fan_setup_s:.1f} s"
@@ -958,20 +1023,25 @@ def report(res: Results, args: argparse.Namespace, facts: dict[str, str]) -> Non
         print()
     print("cloudcore process")
     print()
-    print("| connected | RSS before -> after connect MiB | RSS per node KiB | CPU s in the "
-          "latency phase | CPU % of one core | simulators' CPU s in the latency phase |")
-    print("|---:|---:|---:|---:|---:|---:|")
-    per_node = ((res.rss_after_kib - res.rss_before_kib) / res.connected
-                if res.connected else 0.0)
+    print("| connected at the RSS reading | Node objects stored | RSS before -> after connect "
+          "MiB | RSS per connected node KiB | CPU s in the latency phase | CPU % of one core "
+          "| simulators' CPU s in the latency phase |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    grown = res.rss_after_kib - res.rss_before_kib
+    per_node = grown / res.connected_at_rss if res.connected_at_rss else 0.0
     pct = 100 * res.cpu_latency_s / res.cpu_latency_wall_s if res.cpu_latency_wall_s else 0
-    print(f"| {res.connected:,} | {res.rss_before_kib / 1024:.1f} -> "
+    print(f"| {res.connected_at_rss:,} | {res.registered:,} | {res.rss_before_kib / 1024:.1f} -> "
           f"{res.rss_after_kib / 1024:.1f} | {per_node:.1f} | {res.cpu_latency_s:.2f} "
           f"(over {res.cpu_latency_wall_s:.1f} s) | {pct:.1f} | {res.sims_cpu_latency_s:.2f} |")
     print()
-    print(f"Target: <= 48 KiB per node. Connect: {res.connected:,} in {res.connect_wall_s:.1f} s; "
-          f"registration ack P50 {ms(res.reg_ack_p50_ms)} / P99 {ms(res.reg_ack_p99_ms)} ms "
+    rate = f" at {args.connect_rate:g}/s" if args.connect_rate else " all at once"
+    print(f"Target: <= 48 KiB per node ({grown / args.nodes:.1f} KiB per N = {args.nodes:,}). "
+          f"Connect{rate}: {res.connected:,} of {args.nodes:,} connected and registered "
+          f"(handshakes done {res.connect_wall_s:.1f} s after the start); registration ack "
+          f"P50 {ms(res.reg_ack_p50_ms)} / P99 {ms(res.reg_ack_p99_ms)} ms "
           f"({res.reg_acked:,} acked); Node objects delivered to {res.node_objects_delivered:,} "
-          "nodes before the RSS reading.")
+          f"nodes; waited {res.quiet_wait_s:.0f} s for cloudcore to go quiet before the RSS "
+          "reading and the latency phase.")
     print()
     if res.connect_errors:
         print("- nodes not fully connected: " + "; ".join(
@@ -996,13 +1066,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=20.0,
                         help="seconds of the latency phase (default 20)")
     parser.add_argument("--procs", type=int, default=3, help="simulator processes (default 3)")
-    parser.add_argument("--drivers", type=int, default=4,
+    parser.add_argument("--drivers", type=int, default=8,
                         help="admin API driver threads, one keep-alive connection each "
-                             "(default 4)")
+                             "(default 8)")
     parser.add_argument("--concurrency", type=int, default=64,
                         help="handshakes in flight per simulator process (default 64)")
     parser.add_argument("--connect-deadline", type=float, default=150.0,
                         help="bound on the connect phase, seconds (default 150)")
+    parser.add_argument("--connect-rate", type=float, default=0.0,
+                        help="open connections at this many per second overall (default 0: "
+                             "all at once, --concurrency handshakes in flight per process)")
+    parser.add_argument("--quiet-timeout", type=float, default=90.0,
+                        help="after connecting, wait at most this long for cloudcore to go "
+                             "quiet before measuring, s (default 90)")
     parser.add_argument("--ack-timeout", type=float, default=120.0,
                         help="wait for cloudcore's registration ack per node, s (default 120)")
     parser.add_argument("--drain-timeout", type=float, default=30.0,

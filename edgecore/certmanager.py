@@ -16,6 +16,7 @@ from pathlib import Path
 
 from certs import CertError, pki, tls
 from certs.rotation import rotation_deadline
+from moorage.aio import sleep_or_stop
 from moorage.backoff import doubling
 from moorage.enroll import Endpoint, EnrollError, request_certificate
 
@@ -70,7 +71,7 @@ class CertManager:
             log.info("certificate %s valid until %s; renewal in %.1fs",
                      pki.serial_hex(cert.serial_number), pki.not_valid_after(cert).isoformat(),
                      wait)
-            if await _sleep_or_stop(wait, stopping):
+            if await sleep_or_stop(wait, stopping):
                 return
             delays = doubling(2.0, 32.0)
             while not stopping.is_set():
@@ -83,7 +84,7 @@ class CertManager:
                     log.warning("certificate renewal failed (%s); retrying in %.0fs, "
                                 "%s before the current one expires", exc, delay,
                                 max(left, dt.timedelta(0)))
-                    if await _sleep_or_stop(min(delay, max(0.5, left.total_seconds() / 4)),
+                    if await sleep_or_stop(min(delay, max(0.5, left.total_seconds() / 4)),
                                             stopping):
                         return
             else:
@@ -92,11 +93,3 @@ class CertManager:
                      pki.serial_hex(issued.cert.serial_number),
                      pki.not_valid_after(issued.cert).isoformat())
             await on_rotated()
-
-
-async def _sleep_or_stop(seconds: float, stopping: asyncio.Event) -> bool:
-    try:
-        await asyncio.wait_for(stopping.wait(), seconds)
-        return True
-    except TimeoutError:
-        return False

@@ -25,6 +25,7 @@ from edgecore.config import EdgeHub as EdgeHubConfig
 from edgecore.metamanager import MetaManager
 from edgecore.store import StoreError
 from moorage import envelope
+from moorage.aio import sleep_or_stop, wait_any
 from moorage.backoff import full_jitter
 from moorage.envelope import Message
 from moorage.errors import ProtocolError
@@ -105,7 +106,7 @@ class EdgeHub:
                     log.log(level, "connecting to the cloud failed: %s; retrying in %.1fs",
                             reason, delay)
                     last_error = reason
-                    if await _sleep_or_stop(delay, stopping):
+                    if await sleep_or_stop(delay, stopping):
                         break
                     continue
                 last_error = ""
@@ -188,11 +189,11 @@ class EdgeHub:
             log.error("the cloud refused the node registration: %s", answer.content)
 
     async def _heartbeat(self, stopping: asyncio.Event) -> None:
-        while not await _sleep_or_stop(self.cfg.heartbeat, stopping):
+        while not await sleep_or_stop(self.cfg.heartbeat, stopping):
             await self.send(envelope.keepalive())
 
     async def _report_status(self, stopping: asyncio.Event) -> None:
-        while not await _sleep_or_stop(self.status_period, stopping):
+        while not await sleep_or_stop(self.status_period, stopping):
             try:
                 self.meta.report_node_status(self.node_name, self.node_object()["status"])
             except StoreError as exc:
@@ -205,7 +206,7 @@ class EdgeHub:
             entries = self.meta.store.pending(limit=1)
             if not entries or self.ws is None:
                 self.outbox_wake.clear()
-                await _sleep_or_stop_on(self.outbox_wake, 1.0, stopping)
+                await wait_any(1.0, self.outbox_wake, stopping)
                 continue
             entry = entries[0]
             answer = await self.request(
@@ -213,7 +214,7 @@ class EdgeHub:
                         operation=entry.operation, resource=entry.resource,
                         content=entry.content), timeout=max(2.0, self.cfg.heartbeat * 2))
             if answer is None:
-                await _sleep_or_stop(0.2, stopping)  # lost or slow: send it again
+                await sleep_or_stop(0.2, stopping)  # lost or slow: send it again
                 continue
             if answer.operation == envelope.ERROR:
                 log.warning("the cloud refused report %s (%s): %s; dropping it", entry.seq,
@@ -222,7 +223,7 @@ class EdgeHub:
                 self.meta.store.done(entry.seq)
             except StoreError as exc:
                 log.error("%s", exc)
-                await _sleep_or_stop(1.0, stopping)
+                await sleep_or_stop(1.0, stopping)
 
     async def _read(self, ws: ClientConnection) -> None:
         with contextlib.suppress(ConnectionClosed):
@@ -265,19 +266,3 @@ def _close_reason(ws: ClientConnection) -> str:
     if rcvd is not None:
         return f"closed by the cloud: code {rcvd.code} {rcvd.reason}".strip()
     return "no keepalive answer in time or network error"
-
-
-async def _sleep_or_stop_on(wake: asyncio.Event, seconds: float,
-                            stopping: asyncio.Event) -> None:
-    waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stopping.wait())]
-    await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    for waiter in waiters:
-        waiter.cancel()
-
-
-async def _sleep_or_stop(seconds: float, stopping: asyncio.Event) -> bool:
-    try:
-        await asyncio.wait_for(stopping.wait(), seconds)
-        return True
-    except TimeoutError:
-        return False
