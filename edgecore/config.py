@@ -68,10 +68,15 @@ class EdgeHub:
 
 @dataclass
 class Edged:
+    enable: bool = True
     hostname_override: str = ""
     node_ip: str = key("nodeIP", "")
     node_status_update_frequency: float = duration(10.0)
     labels: dict[str, str] = field(default_factory=dict)
+    remote_runtime_endpoint: str = "unix:///run/containerd/containerd.sock"
+    sync_period: float = duration(1.0)
+    crash_loop_backoff_base: float = duration(10.0)
+    crash_loop_backoff_max: float = duration(300.0)
 
     def validate(self, where: str) -> None:
         if not self.hostname_override:

@@ -52,7 +52,7 @@ class EdgeCore:
             passphrase=logs.passphrase(cfg.key_passphrase_file))
         self.certs.check()
         edged = cfg.modules.edged
-        node_ip = edged.node_ip or _local_ip(hub_cfg.websocket.server)
+        node_ip = self.node_ip = edged.node_ip or _local_ip(hub_cfg.websocket.server)
         try:
             self.store = EdgeStore(cfg.database_path)
         except (sqlite3.Error, OSError) as exc:
@@ -87,6 +87,18 @@ class EdgeCore:
             log.info("MetaServer on http://%s:%d serving %d object(s) from the local store",
                      host, port, len(self.store.keys()))
         tasks = [asyncio.create_task(self.hub.run(self.stopping))]
+        edged_cfg = self.cfg.modules.edged
+        if edged_cfg.enable:
+            from edgecore.edged import Edged
+            from edgecore.runtime import CRIClient
+
+            self.edged = Edged(self.meta, CRIClient(edged_cfg.remote_runtime_endpoint),
+                               self.cfg.node_name, self.cfg.data_path,
+                               period=edged_cfg.sync_period,
+                               backoff_base=edged_cfg.crash_loop_backoff_base,
+                               backoff_cap=edged_cfg.crash_loop_backoff_max,
+                               node_ip=self.node_ip)
+            tasks.append(asyncio.create_task(self.edged.run(self.stopping)))
         if self.cfg.modules.edge_hub.rotate_certificates:
             tasks.append(asyncio.create_task(self.certs.run(self.hub.switch, self.stopping)))
         await self.stopping.wait()

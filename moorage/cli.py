@@ -344,6 +344,7 @@ def cmd_join(args: argparse.Namespace) -> int:
     cfg.modules.edged.hostname_override = node
     if args.node_ip:
         cfg.modules.edged.node_ip = args.node_ip
+    cfg.modules.edged.remote_runtime_endpoint = args.remote_runtime_endpoint
     config.save(cfg, cfg_path, "# Written by `moorage join`. It holds no token.")
     print(f"Node {node} enrolled: certificate valid until "
           f"{pki.not_valid_after(cert):%Y-%m-%d %H:%M UTC}, renewed automatically.")
@@ -411,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "reach the cloud)")
     p.add_argument("--data-dir", default=DEFAULT_EDGE_DIR)
     p.add_argument("--certport", type=int, default=10002)
+    p.add_argument("--remote-runtime-endpoint", default="unix:///run/containerd/containerd.sock",
+                   help="the CRI socket edged uses (checked: root-owned, not world-writable)")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_join)
 

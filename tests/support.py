@@ -254,6 +254,8 @@ def join(cloud: Cloud, name: str, token: str | None = None, *extra: str,
                   "--node-name", name, "--data-dir", str(edge.dir), *extra)
     edge.configure(**{"heartbeat": "1s", "reconnectBase": "0.2s", "reconnectMax": "2s",
                       **(configure or {})})
+    # Pods in most tests are bookkeeping only: edged runs them where a test asks for it.
+    edit_yaml(edge.config, lambda d: d["modules"]["edged"].update(enable=False))
     return edge
 
 
