@@ -185,6 +185,7 @@ class Edged:
             existing = sorted(by_name.get(name, []), key=lambda c: c.metadata.attempt)
             latest = existing[-1] if existing else None
             status = await self._status(latest.id) if latest else None
+            previous = await self._status(existing[-2].id) if len(existing) > 1 else None
             key = (meta["uid"], name)
             if latest is None:
                 latest_id = await self._start_container(pod, container_spec, sandbox_id,
@@ -197,14 +198,15 @@ class Edged:
                 log.info("pod %s: container %s exited (%d); restart %d, next backoff "
                          "%.0fs", meta["name"], name, status.exit_code, attempt, delay)
                 for old in existing[:-1]:
-                    await self._remove_container(old.id)
+                    await self._remove_container(old.id)  # keep only the last one, for logs
                 latest_id = await self._start_container(pod, container_spec, sandbox_id,
                                                         config, attempt)
-                status = await self._status(latest_id)
+                previous, status = status, await self._status(latest_id)
                 latest = None
             restarts = (latest.metadata.attempt if latest is not None
                         else max((c.metadata.attempt for c in existing), default=-1) + 1)
-            statuses.append(self._container_status(container_spec, status, restarts, key, now))
+            statuses.append(self._container_status(container_spec, status, previous, restarts,
+                                                   key, now))
         sandbox = await self.cri.call(self.cri.runtime, "PodSandboxStatus",
                                       pb.PodSandboxStatusRequest(pod_sandbox_id=sandbox_id))
         self._report(pod, self._pod_status(pod, statuses, sandbox.status))
@@ -345,29 +347,34 @@ class Edged:
 
     # ------------------------------------------------------------ status
 
-    def _container_status(self, spec: dict[str, Any], status: Any, restarts: int,
-                          key: tuple[str, str], now: float) -> dict[str, Any]:
+    @staticmethod
+    def _terminated(status: Any) -> dict[str, Any]:
+        return {"terminated": {"exitCode": status.exit_code,
+                               "reason": status.reason or "Completed",
+                               "startedAt": rfc3339(status.started_at),
+                               "finishedAt": rfc3339(status.finished_at)}}
+
+    def _container_status(self, spec: dict[str, Any], status: Any, previous: Any,
+                          restarts: int, key: tuple[str, str], now: float) -> dict[str, Any]:
         state: dict[str, Any]
+        last = self._terminated(previous) if previous is not None and \
+            previous.state == CONTAINER_EXITED else None
         if status is None:
             state = {"waiting": {"reason": "ContainerCreating"}}
         elif status.state == CONTAINER_RUNNING:
             state = {"running": {"startedAt": rfc3339(status.started_at)}}
         elif status.state == CONTAINER_EXITED:
-            state = {"terminated": {"exitCode": status.exit_code,
-                                    "reason": status.reason or "Completed",
-                                    "startedAt": rfc3339(status.started_at),
-                                    "finishedAt": rfc3339(status.finished_at)}}
+            state = self._terminated(status)
             if not self.backoff.ready(key, now):
+                last = state
                 state = {"waiting": {"reason": "CrashLoopBackOff",
-                                     "message": f"back-off restarting {spec['name']}"},
-                         "lastState": state}
+                                     "message": f"back-off restarting {spec['name']}"}}
         else:
             state = {"waiting": {"reason": "ContainerCreating"}}
         return {"name": spec["name"], "image": spec["image"], "restartCount": max(0, restarts),
                 "ready": status is not None and status.state == CONTAINER_RUNNING,
                 "containerID": f"containerd://{status.id}" if status is not None else "",
-                "state": {k: v for k, v in state.items() if k != "lastState"},
-                **({"lastState": state["lastState"]} if "lastState" in state else {})}
+                "state": state, **({"lastState": last} if last else {})}
 
     def _pod_status(self, pod: dict[str, Any], containers: list[dict[str, Any]],
                     sandbox: Any) -> dict[str, Any]:

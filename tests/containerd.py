@@ -2,8 +2,9 @@
 
 ``Containerd`` starts ``containerd --config FILE`` on its own root, state and gRPC socket
 (all under one short directory in /tmp, since unix socket paths must stay under 108
-bytes), with the CRI plugin configured so that it never pulls anything: its
-``sandbox_image`` is the locally built busybox image, imported with ``ctr`` at start.
+bytes), with the CRI plugin configured so that it never pulls anything: both the busybox image
+(``.image``) and the CRI ``sandbox_image`` (``.sandbox_image``, the same layer with a
+command that stays alive) are built locally and imported with ``ctr`` at start.
 
     with Containerd() as ctrd:
         grpc.insecure_channel(ctrd.endpoint)   # CRI v1 RuntimeService/ImageService
@@ -38,6 +39,7 @@ from tests.support import SCALE
 
 BUSYBOX = Path("/bin/busybox")
 DEFAULT_IMAGE = "moorage.local/busybox:1"
+SANDBOX_IMAGE = "moorage.local/pause:1"  # same layer, Cmd ["sleep", "inf"]
 APPLETS = ("sh", "echo", "sleep", "cat", "true", "false", "env", "ls", "date")
 CNI_BIN_DIR = Path("/usr/lib/cni")
 BINARIES = ("containerd", "ctr", "runc", "containerd-shim-runc-v2")
@@ -112,30 +114,17 @@ def _rootfs_layer() -> bytes:
     return _tar(entries)
 
 
-def build_busybox_image(path: Path, name: str = DEFAULT_IMAGE) -> Path:
-    """Write an OCI image layout tar holding Debian's static busybox; return its path.
-
-    ``path`` is the tar file to write, or (when it is an existing directory or has no
-    ``.tar`` suffix) a directory that receives ``busybox-oci.tar``. The same inputs give
-    the same bytes (fixed times, owners and order), so digests are stable across runs.
-    """
-    path = Path(path)
-    if path.is_dir() or path.suffix != ".tar":
-        path.mkdir(parents=True, exist_ok=True)
-        path = path / "busybox-oci.tar"
-    if not BUSYBOX.is_file():
-        raise FileNotFoundError(f"{BUSYBOX} is missing: install busybox-static "
-                                "(scripts/install-system-deps.sh)")
-    arch, variant = _arch()
-    layer = _rootfs_layer()
-    layer_digest = _digest(layer)  # uncompressed layer: digest == diff_id
+def _manifest(layer: bytes, arch: str, variant: str | None, cmd: list[str],
+              blobs: dict[str, bytes]) -> bytes:
+    """An image config and manifest over ``layer``; adds all three blobs to ``blobs``."""
+    layer_digest = _digest(layer)  # an uncompressed layer: its digest is its diff_id
     image_config: dict[str, Any] = {
         "created": "1970-01-01T00:00:00Z",
         "architecture": arch,
         "os": "linux",
         "config": {
             "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-            "Cmd": ["sh"],
+            "Cmd": cmd,
             "WorkingDir": "/",
         },
         "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
@@ -153,22 +142,59 @@ def build_busybox_image(path: Path, name: str = DEFAULT_IMAGE) -> Path:
         "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
                     "digest": layer_digest, "size": len(layer)}],
     })
+    for blob in (layer, config, manifest):
+        blobs[_digest(blob)] = blob
+    return manifest
+
+
+def _tag(name: str) -> str:
+    last = name.rsplit("/", 1)[-1]
+    return last.rsplit(":", 1)[1] if ":" in last else "latest"
+
+
+def build_busybox_image(path: Path, name: str = DEFAULT_IMAGE,
+                        sandbox_name: str | None = SANDBOX_IMAGE) -> Path:
+    """Write an OCI image layout tar holding Debian's static busybox; return its path.
+
+    ``path`` is the tar file to write, or (when it is an existing directory or has no
+    ``.tar`` suffix) a directory that receives ``busybox-oci.tar``. The same inputs give
+    the same bytes (fixed times, owners and order), so digests are stable across runs.
+
+    The layout holds the image ``name`` (Cmd ``["sh"]``) and, unless ``sandbox_name`` is
+    None, a second image over the same layer whose Cmd is ``["sleep", "inf"]``: the CRI
+    plugin runs its ``sandbox_image`` with the image's own command, and a pod sandbox
+    must stay alive (``sh`` without a terminal exits at once, and then every container
+    of the pod fails to join the sandbox's namespaces).
+    """
+    path = Path(path)
+    if path.is_dir() or path.suffix != ".tar":
+        path.mkdir(parents=True, exist_ok=True)
+        path = path / "busybox-oci.tar"
+    if not BUSYBOX.is_file():
+        raise FileNotFoundError(f"{BUSYBOX} is missing: install busybox-static "
+                                "(scripts/install-system-deps.sh)")
+    arch, variant = _arch()
     platform_desc = {"architecture": arch, "os": "linux"}
     if variant:
         platform_desc["variant"] = variant
-    tag = name.rsplit(":", 1)[1] if ":" in name.rsplit("/", 1)[-1] else "latest"
-    index = _json({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [{
+    layer = _rootfs_layer()
+    blobs: dict[str, bytes] = {}
+    images = [(name, ["sh"])]
+    if sandbox_name and sandbox_name != name:
+        images.append((sandbox_name, ["sleep", "inf"]))
+    descriptors = []
+    for image_name, cmd in images:
+        manifest = _manifest(layer, arch, variant, cmd, blobs)
+        descriptors.append({
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "digest": _digest(manifest), "size": len(manifest),
             "platform": platform_desc,
-            "annotations": {"io.containerd.image.name": name,
-                            "org.opencontainers.image.ref.name": tag},
-        }],
-    })
-    blobs = {_digest(blob): blob for blob in (layer, config, manifest)}
+            "annotations": {"io.containerd.image.name": image_name,
+                            "org.opencontainers.image.ref.name": _tag(image_name)},
+        })
+    index = _json({"schemaVersion": 2,
+                   "mediaType": "application/vnd.oci.image.index.v1+json",
+                   "manifests": descriptors})
     entries: list[tuple[tarfile.TarInfo, bytes | None]] = [
         _file("oci-layout", _json({"imageLayoutVersion": "1.0.0"})),
         _file("index.json", index),
@@ -240,12 +266,14 @@ class ContainerdError(RuntimeError):
 class Containerd:
     """A private containerd: own root, state, socket and config under /tmp/mctr-XXXX."""
 
-    def __init__(self, image: str = DEFAULT_IMAGE, *, start: bool = True,
+    def __init__(self, image: str = DEFAULT_IMAGE, *, sandbox_image: str = SANDBOX_IMAGE,
+                 start: bool = True,
                  parent: Path = Path("/tmp"), start_timeout: float = 20.0) -> None:
         reason = containerd_available()
         if reason:
             raise ContainerdError(reason)
         self.image = image
+        self.sandbox_image = sandbox_image
         self.start_timeout = start_timeout
         self.dir = Path(tempfile.mkdtemp(prefix="mctr-", dir=parent))
         self.socket = self.dir / "c.sock"
@@ -326,7 +354,7 @@ disabled_plugins = [
   path = {_toml_str(self.root / "opt")}
 
 [{cri}]
-  sandbox_image = {_toml_str(self.image)}
+  sandbox_image = {_toml_str(self.sandbox_image)}
   restrict_oom_score_adj = true
   netns_mounts_under_state_dir = true
   stream_server_address = "127.0.0.1"
@@ -357,7 +385,7 @@ disabled_plugins = [
         self.timings["socket"] = time.monotonic() - started
         if not self.timings.get("import"):
             begun = time.monotonic()
-            build_busybox_image(self.image_tar, self.image)
+            build_busybox_image(self.image_tar, self.image, self.sandbox_image)
             self.timings["build"] = time.monotonic() - begun
             begun = time.monotonic()
             result = self.ctr("images", "import", str(self.image_tar), check=False)
@@ -459,6 +487,20 @@ disabled_plugins = [
                     and _pid_alive(int(entry.name))):
                 pids.add(int(entry.name))
         return pids
+
+    def processes(self) -> list[int]:
+        """Live processes whose command line mentions this instance's directory or socket:
+        its containerd and its shims (zombies count as gone)."""
+        marks = (str(self.socket), str(self.dir))
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) != os.getpid():
+                argv = _cmdline(int(entry.name))
+                if (any(m in a for a in argv for m in marks)
+                        and any("containerd" in Path(a).name for a in argv[:1])
+                        and _pid_alive(int(entry.name))):
+                    found.append(int(entry.name))
+        return sorted(found)
 
     def _kill_tasks(self) -> None:
         shims = self.shim_pids()

@@ -1,0 +1,185 @@
+"""Pods on the edge: edged runs them through CRI on a real containerd."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.containerd import Containerd, containerd_available
+from tests.support import Cloud, Edge, Env, edit_yaml, join, make_cloud, require, wait_for
+
+
+@pytest.fixture
+def runtime(tmp_path: Path) -> Iterator[Containerd]:
+    reason = containerd_available()
+    require(reason is None, reason or "")
+    with Containerd() as ctrd:
+        yield ctrd
+
+
+def cri(ctrd: Containerd) -> Any:
+    import grpc
+
+    from edgecore.cri import api_pb2, api_pb2_grpc
+
+    channel = grpc.insecure_channel(ctrd.endpoint)
+    return api_pb2, api_pb2_grpc.RuntimeServiceStub(channel), channel
+
+
+def sandboxes(ctrd: Containerd, uid: str | None = None) -> list[Any]:
+    pb, stub, channel = cri(ctrd)
+    try:
+        labels = {"moorage.io/managed": "true"}
+        if uid:
+            labels["io.kubernetes.pod.uid"] = uid
+        return list(stub.ListPodSandbox(pb.ListPodSandboxRequest(
+            filter=pb.PodSandboxFilter(label_selector=labels)), timeout=10).items)
+    finally:
+        channel.close()
+
+
+def containers(ctrd: Containerd) -> list[Any]:
+    pb, stub, channel = cri(ctrd)
+    try:
+        return list(stub.ListContainers(pb.ListContainersRequest(), timeout=10).containers)
+    finally:
+        channel.close()
+
+
+def edge_with_runtime(cloud: Cloud, ctrd: Containerd, name: str) -> Edge:
+    edge = join(cloud, name, None, "--remote-runtime-endpoint", ctrd.endpoint)
+    edit_yaml(edge.config, lambda d: d["modules"]["edged"].update(
+        enable=True, syncPeriod="0.5s", crashLoopBackoffBase="1s", crashLoopBackoffMax="8s"))
+    return edge
+
+
+def pod_manifest(ctrd: Containerd, name: str, node: str, command: str,
+                 policy: str = "Always") -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"nodeName": node, "restartPolicy": policy, "hostNetwork": True,
+                     "containers": [{"name": "main", "image": ctrd.image,
+                                     "command": ["sh", "-c", command],
+                                     "env": [{"name": "GREETING", "value": "hello-moorage"}]}]}}
+
+
+def apply(cloud: Cloud, env: Env, docs: list[dict[str, Any]]) -> None:
+    from tests.support import write_manifests
+
+    cloud.moorage("apply", "-f", str(write_manifests(env.root / "apply.yaml", docs)))
+
+
+def cloud_pod(cloud: Cloud, name: str) -> dict[str, Any]:
+    return json.loads(cloud.moorage("get", "pod", name, "-o", "json").stdout)
+
+
+def phase(cloud: Cloud, name: str) -> str:
+    return str(cloud_pod(cloud, name).get("status", {}).get("phase", ""))
+
+
+def container_log(edge: Edge, uid: str) -> str:
+    logs = list((edge.dir / "pods" / uid / "logs" / "main").glob("*.log"))
+    return "".join(path.read_text(errors="replace") for path in logs)
+
+
+def test_pod_runs_for_real_and_is_removed_on_delete(env: Env, runtime: Containerd) -> None:
+    cloud = make_cloud(env).start()
+    edge = edge_with_runtime(cloud, runtime, "worker").start()
+    wait_for(lambda: cloud.node_ready("worker") is True, what="worker Ready")
+    apply(cloud, env, [pod_manifest(runtime, "hello", "worker",
+                                    "echo $GREETING; sleep 3600")])
+    wait_for(lambda: phase(cloud, "hello") == "Running", 30, what="hello Running at the cloud")
+    uid = cloud_pod(cloud, "hello")["metadata"]["uid"]
+    listed = cloud.moorage("get", "pods").stdout.splitlines()
+    assert listed[1].split()[:3] == ["hello", "1/1", "Running"]
+    assert len(sandboxes(runtime, uid)) == 1
+    assert [c.state for c in containers(runtime)] == [1]  # CONTAINER_RUNNING
+    wait_for(lambda: "hello-moorage" in container_log(edge, uid), what="the container's output")
+
+    cloud.moorage("delete", "pod", "hello")
+    wait_for(lambda: sandboxes(runtime) == [] and containers(runtime) == [], 30,
+             what="sandbox and containers removed")
+
+
+def test_exited_container_restarts_with_growing_backoff(env: Env, runtime: Containerd) -> None:
+    cloud = make_cloud(env).start()
+    edge = edge_with_runtime(cloud, runtime, "crashy").start()
+    wait_for(lambda: cloud.node_ready("crashy") is True, what="crashy Ready")
+    apply(cloud, env, [pod_manifest(runtime, "flaky", "crashy", "echo boom; exit 3")])
+
+    def restarts() -> int:
+        statuses = cloud_pod(cloud, "flaky").get("status", {}).get("containerStatuses", [])
+        return int(statuses[0]["restartCount"]) if statuses else 0
+
+    wait_for(lambda: restarts() >= 3, 60, what="three restarts")
+    assert edge.daemon is not None
+    delays = [float(line.rsplit("next backoff ", 1)[1].rstrip("s"))
+              for line in edge.log().splitlines() if "next backoff" in line]
+    assert delays[:3] == [1.0, 2.0, 4.0]
+    status = cloud_pod(cloud, "flaky")["status"]["containerStatuses"][0]
+    last = status.get("lastState", status["state"]).get("terminated") or {}
+    waiting = status["state"].get("waiting", {})
+    assert last.get("exitCode") == 3 or waiting.get("reason") == "CrashLoopBackOff"
+
+    apply(cloud, env, [pod_manifest(runtime, "once", "crashy", "exit 0", policy="Never")])
+    wait_for(lambda: phase(cloud, "once") == "Succeeded", 30, what="a Never pod Succeeded")
+
+
+def test_restarted_offline_edge_keeps_pods_without_duplicates(env: Env,
+                                                              runtime: Containerd) -> None:
+    cloud = make_cloud(env).start()
+    edge = edge_with_runtime(cloud, runtime, "steady").start()
+    wait_for(lambda: cloud.node_ready("steady") is True, what="steady Ready")
+    apply(cloud, env, [pod_manifest(runtime, "keeper", "steady", "sleep 3600")])
+    wait_for(lambda: phase(cloud, "keeper") == "Running", 30, what="keeper Running")
+    before = {s.id for s in sandboxes(runtime)}
+    before_containers = {c.id for c in containers(runtime)}
+
+    edge.stop(signal.SIGKILL)
+    cloud.stop()
+    edge.start()
+    assert edge.daemon is not None
+    edge.daemon.wait_log("container runtime", timeout=20)
+    wait_for(lambda: "connecting to the cloud failed" in edge.log(), what="offline edge")
+    assert {s.id for s in sandboxes(runtime)} == before
+    assert {c.id for c in containers(runtime)} == before_containers
+    cloud.start()
+    wait_for(lambda: cloud.node_ready("steady") is True, what="steady back")
+    assert {s.id for s in sandboxes(runtime)} == before  # not recreated on reconnect
+    assert phase(cloud, "keeper") == "Running"
+
+
+def test_unsafe_runtime_sockets_are_refused(tmp_path: Path) -> None:
+    from edgecore.runtime import RuntimeUnavailable, check_endpoint
+
+    path = tmp_path / "fake.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    try:
+        os.chmod(path, 0o666)  # noqa: S103 - the unsafe socket under test
+        with pytest.raises(RuntimeUnavailable, match=r"writable by group .* or others"):
+            check_endpoint(f"unix://{path}")
+        os.chmod(path, 0o660)
+        os.chown(path, 0, 1)  # group-writable by a group other than root
+        with pytest.raises(RuntimeUnavailable, match="writable by group 1"):
+            check_endpoint(f"unix://{path}")
+        os.chown(path, 65534, 0)
+        os.chmod(path, 0o600)
+        with pytest.raises(RuntimeUnavailable, match="owned by uid 65534, not root"):
+            check_endpoint(f"unix://{path}")
+        os.chown(path, 0, 0)
+        assert check_endpoint(f"unix://{path}") == path
+        regular = tmp_path / "plain"
+        regular.write_text("")
+        with pytest.raises(RuntimeUnavailable, match="is not a socket"):
+            check_endpoint(f"unix://{regular}")
+        with pytest.raises(RuntimeUnavailable, match=r"only unix:///path"):
+            check_endpoint("tcp://127.0.0.1:1234")
+    finally:
+        server.close()
