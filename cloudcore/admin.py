@@ -132,6 +132,8 @@ class AdminAPI:
             return status_body(404, "NotFound", "the server could not find the requested "
                                                 f"resource ({request.method} {request.path})")
         kind, namespace, name, sub = parsed
+        if kind.plural == "pods" and sub == "log" and request.method == "GET" and name:
+            return await self._pod_log(request, namespace or "default", name)
         if sub and sub != "status":
             return status_body(404, "NotFound", f"subresource {sub!r} is not served")
         ns_key = (namespace or "default") if kind.namespaced else ""
@@ -253,27 +255,46 @@ class AdminAPI:
 
     # ------------------------------------------------------------ nodes and tokens
 
+    async def _pod_log(self, request: web.Request, namespace: str, name: str) -> web.Response:
+        """Kubernetes' pods/log: fetched from the pod's node over the channel."""
+        pod = self.store.get(("pods", namespace, name))
+        if pod is None:
+            return not_found("pods", name)
+        node = pod.get("spec", {}).get("nodeName")
+        if not node:
+            return status_body(400, "BadRequest", f"pod {name} is not bound to a node yet")
+        args: dict[str, Any] = {}
+        if request.query.get("container"):
+            args["container"] = request.query["container"]
+        if request.query.get("tailLines", "").isdigit():
+            args["tailLines"] = int(request.query["tailLines"])
+        return await self._ask_node(node, f"logs/{namespace}/{name}", args)
+
+    async def _ask_node(self, node: str, path: str, args: dict[str, Any]) -> web.Response:
+        query = envelope.Message(source="cloudhub", group=envelope.GROUP_HUB,
+                                 operation=envelope.QUERY, resource=f"node/{node}/{path}",
+                                 content=args)
+        try:
+            answer = await self.hub.request(node, query, PROXY_TIMEOUT)
+        except NodeUnavailable as exc:
+            return status_body(503, "ServiceUnavailable", f"{exc}: it cannot be asked now")
+        except TimeoutError:
+            return status_body(504, "Timeout", f"node {node} did not answer within "
+                                               f"{PROXY_TIMEOUT:g}s")
+        content = answer.content if isinstance(answer.content, dict) else {}
+        code, body = content.get("status", 502), content.get("body", "")
+        if not isinstance(code, int) or not isinstance(body, str):
+            return status_body(502, "BadGateway", f"node {node} sent a malformed answer")
+        if code >= 400:
+            return status_body(code, "NotFound" if code == 404 else "BadRequest", body)
+        return web.Response(status=code, text=body)
+
     async def proxy_node(self, request: web.Request) -> web.Response:
         """Kubernetes' node proxy; this slice answers edgecore's own endpoints (healthz)."""
         name, path = request.match_info["name"], request.match_info["path"]
         if self.registry.get(name) is None:
             return not_found("nodes", name)
-        query = envelope.Message(source="cloudhub", group=envelope.GROUP_HUB,
-                                 operation=envelope.QUERY, resource=f"node/{name}/{path}",
-                                 content={"method": request.method})
-        try:
-            answer = await self.hub.request(name, query, PROXY_TIMEOUT)
-        except NodeUnavailable as exc:
-            return status_body(503, "ServiceUnavailable", str(exc))
-        except TimeoutError:
-            return status_body(504, "Timeout", f"node {name} did not answer within "
-                                               f"{PROXY_TIMEOUT:g}s")
-        content = answer.content if isinstance(answer.content, dict) else {}
-        code = content.get("status", 502)
-        body = content.get("body", "")
-        if not isinstance(code, int) or not isinstance(body, str):
-            return status_body(502, "BadGateway", f"node {name} sent a malformed answer")
-        return web.Response(status=code, text=body)
+        return await self._ask_node(name, path, {"method": request.method})
 
     async def create_token(self, request: web.Request) -> web.Response:
         try:

@@ -114,6 +114,15 @@ class NodeRegistry:
             if key in reported and status.get(key) != reported[key]:
                 status[key] = reported[key]
                 changed = True
+        reported_conditions = reported.get("conditions")
+        if isinstance(reported_conditions, list):
+            # The edge reports its own conditions (runtime); Ready stays the cloud's call.
+            ours = [c for c in status.get("conditions", []) if c.get("type") == "Ready"]
+            theirs = [c for c in reported_conditions[:16] if isinstance(c, dict)
+                      and isinstance(c.get("type"), str) and c.get("type") != "Ready"]
+            if [c for c in status.get("conditions", []) if c.get("type") != "Ready"] != theirs:
+                status["conditions"] = ours + theirs
+                changed = True
         info = status.get("nodeInfo")
         if isinstance(info, dict):
             labels = node["metadata"].setdefault("labels", {})

@@ -82,6 +82,7 @@ class Edged:
         self.network_ready = False
         self.runtime_info: dict[str, str] = {}
         self.wake = asyncio.Event()
+        self.on_runtime_change: Any = lambda: None  # edgecore reports node status then
         meta.listeners.append(lambda event: self.wake.set() if event.kind == "pods" else None)
 
     # ------------------------------------------------------------ loop
@@ -95,12 +96,15 @@ class Edged:
                 if not self.runtime_ready:
                     log.info("container runtime %s %s is ready",
                              self.runtime_info.get("name"), self.runtime_info.get("version"))
-                self.runtime_ready = True
+                    self.runtime_ready = True
+                    self.on_runtime_change()
             except RuntimeUnavailable as exc:
-                if self.runtime_ready or not self.runtime_info:
+                if self.runtime_ready or "error" not in self.runtime_info:
                     log.warning("container runtime unavailable: %s; retrying", exc)
-                self.runtime_ready = False
-                self.runtime_info.setdefault("error", str(exc))
+                if self.runtime_ready:
+                    self.runtime_ready = False
+                    self.on_runtime_change()
+                self.runtime_info["error"] = str(exc)
             except Exception:
                 log.exception("reconcile failed; retrying")
             self.wake.clear()
@@ -344,6 +348,46 @@ class Edged:
             mounts.append(pb.Mount(container_path=mount["mountPath"], host_path=host,
                                    readonly=bool(mount.get("readOnly", False))))
         return mounts
+
+    # ------------------------------------------------------------ logs and node status
+
+    def logs(self, namespace: str, name: str, container: str | None, tail: int | None,
+             limit: int = 1024 * 1024) -> tuple[int, str]:
+        """The text a container wrote (its latest run), like `kubectl logs`."""
+        pod = self.meta.store.get(("pods", namespace, name))
+        if pod is None or pod.get("spec", {}).get("nodeName") != self.node_name:
+            return 404, f'pod "{name}" is not on node {self.node_name}'
+        names = [c["name"] for c in pod["spec"].get("containers", [])]
+        if container is None:
+            if len(names) != 1:
+                return 400, (f"pod {name} has containers {', '.join(names)}: choose one "
+                             "with -c")
+            container = names[0]
+        if container not in names:
+            return 404, f"pod {name} has no container {container!r}"
+        directory = self.pods_dir / pod["metadata"]["uid"] / "logs" / container
+        runs = sorted(directory.glob("*.log"), key=lambda p: int(p.stem) if p.stem.isdigit()
+                      else -1)
+        if not runs:
+            return 404, f"container {container} of pod {name} has not written a log yet"
+        with open(runs[-1], "rb") as handle:
+            handle.seek(max(0, runs[-1].stat().st_size - limit))
+            raw = handle.read(limit).decode("utf-8", "replace").splitlines()
+        # CRI log lines: "<time> <stream> <P|F> <text>"; keep the text.
+        lines = [line.split(" ", 3)[3] if line.count(" ") >= 3 else line for line in raw]
+        if tail is not None:
+            lines = lines[-tail:] if tail > 0 else []
+        return 200, "".join(line + "\n" for line in lines)
+
+    def node_conditions(self) -> list[dict[str, str]]:
+        """The runtime's state, for the Node status the edge reports."""
+        if self.runtime_ready:
+            return [{"type": "ContainerRuntimeReady", "status": "True", "reason": "RuntimeUp",
+                     "message": f"{self.runtime_info.get('name')} "
+                                f"{self.runtime_info.get('version')} is serving CRI"}]
+        return [{"type": "ContainerRuntimeReady", "status": "False",
+                 "reason": "RuntimeUnavailable",
+                 "message": self.runtime_info.get("error", "not reached yet")}]
 
     # ------------------------------------------------------------ status
 

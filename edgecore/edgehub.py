@@ -40,6 +40,9 @@ class EdgeHub:
                  meta: MetaManager, preflight: Callable[[], None] = lambda: None) -> None:
         self.cfg, self.node_name, self.status_period = cfg, node_name, status_period
         self.meta = meta
+        # Cloud queries by the first path segment (node proxy and logs): (path, args) ->
+        # (HTTP status, body).
+        self.queries: dict[str, Callable[[str, dict[str, Any]], tuple[int, str]]] = {}
         self.outbox_wake = asyncio.Event()
         meta.changed = self.outbox_wake.set
         self.preflight = preflight  # raises CertError when our certificate cannot work
@@ -248,8 +251,14 @@ class EdgeHub:
         elif message.operation == envelope.QUERY and message.resource.startswith(
                 f"node/{self.node_name}/"):
             path = message.resource.split("/", 2)[2]
-            status, body = (200, "ok") if path in ("healthz", "readyz", "livez") else (
-                404, f"edgecore serves no {path!r} yet")
+            content = message.content if isinstance(message.content, dict) else {}
+            handler = self.queries.get(path.split("/", 1)[0])
+            if path in ("healthz", "readyz", "livez"):
+                status, body = 200, "ok"
+            elif handler is not None:
+                status, body = handler(path, content)
+            else:
+                status, body = 404, f"edgecore serves no {path!r}"
             reply = message.reply({"status": status, "body": body}, source="edgehub")
         else:
             reply = message.reply(f"unsupported: {message.operation} {message.resource}",

@@ -11,6 +11,7 @@ import socket
 import sqlite3
 import sys
 from pathlib import Path
+from typing import Any
 
 from certs import CertError
 from edgecore import config as edge_config
@@ -52,14 +53,14 @@ class EdgeCore:
             passphrase=logs.passphrase(cfg.key_passphrase_file))
         self.certs.check()
         edged = cfg.modules.edged
-        node_ip = self.node_ip = edged.node_ip or _local_ip(hub_cfg.websocket.server)
+        self.node_ip = edged.node_ip or _local_ip(hub_cfg.websocket.server)
         try:
             self.store = EdgeStore(cfg.database_path)
         except (sqlite3.Error, OSError) as exc:
             raise ConfigError(f"cannot open the edge store {cfg.database_path}: {exc}") from None
         self.meta = MetaManager(self.store)
         self.hub = EdgeHub(hub_cfg, cfg.node_name, self.certs.client_context,
-                           lambda: node_object(cfg.node_name, node_ip, edged.labels),
+                           self.node_object,
                            edged.node_status_update_frequency, self.meta,
                            preflight=self.certs.check)
         meta_cfg = cfg.modules.meta_manager.meta_server
@@ -67,6 +68,30 @@ class EdgeCore:
                                                 meta_cfg.insecure_allow_non_loopback) \
             if meta_cfg.enable else None
         self.stopping = asyncio.Event()
+
+    def _logs(self, path: str, args: dict[str, Any]) -> tuple[int, str]:
+        parts = path.split("/")  # logs/<namespace>/<pod>
+        if len(parts) != 3:
+            return 400, "expected logs/<namespace>/<pod>"
+        tail = args.get("tailLines")
+        container = args.get("container")
+        return self.edged.logs(parts[1], parts[2], container if isinstance(container, str)
+                               else None, tail if isinstance(tail, int) else None)
+
+    def _runtime_changed(self) -> None:
+        self.meta.report_node_status(self.cfg.node_name, self.node_object()["status"])
+
+    def node_object(self) -> dict[str, Any]:
+        edged_cfg = self.cfg.modules.edged
+        node = node_object(self.cfg.node_name, self.node_ip, edged_cfg.labels)
+        edged = getattr(self, "edged", None)
+        if edged is not None:
+            info = edged.runtime_info
+            if info.get("name"):
+                node["status"]["nodeInfo"]["containerRuntimeVersion"] = \
+                    f"{info['name']}://{info.get('version', '')}"
+            node["status"]["conditions"] = edged.node_conditions()
+        return node
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -98,6 +123,8 @@ class EdgeCore:
                                backoff_base=edged_cfg.crash_loop_backoff_base,
                                backoff_cap=edged_cfg.crash_loop_backoff_max,
                                node_ip=self.node_ip)
+            self.hub.queries["logs"] = self._logs
+            self.edged.on_runtime_change = self._runtime_changed
             tasks.append(asyncio.create_task(self.edged.run(self.stopping)))
         if self.cfg.modules.edge_hub.rotate_certificates:
             tasks.append(asyncio.create_task(self.certs.run(self.hub.switch, self.stopping)))

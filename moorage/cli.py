@@ -282,6 +282,19 @@ def cmd_delete(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_logs(args: argparse.Namespace) -> int:
+    params = {}
+    if args.container:
+        params["container"] = args.container
+    if args.tail is not None:
+        params["tailLines"] = str(args.tail)
+    path = resources.lookup("pods").object_path(args.pod, args.namespace or "default") + \
+        "/log" + ("?" + urlencode(params) if params else "")
+    text = _client(args).request("GET", path, accept="text/plain")
+    sys.stdout.write(text if isinstance(text, str) else json.dumps(text))
+    return 0
+
+
 def cmd_describe(args: argparse.Namespace) -> int:
     kind = resources.lookup(args.kind)
     obj = _client(args).request("GET", kind.object_path(args.name, _namespace(args, kind)))
@@ -439,6 +452,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--filename")
     p.add_argument("-n", "--namespace")
     p.set_defaults(func=cmd_delete)
+
+    p = cloud(sub.add_parser("logs", help="print a container's log, fetched from its node"))
+    p.add_argument("pod")
+    p.add_argument("-c", "--container")
+    p.add_argument("-n", "--namespace")
+    p.add_argument("--tail", type=int)
+    p.set_defaults(func=cmd_logs)
 
     p = cloud(sub.add_parser("describe", help="show one resource in detail"))
     p.add_argument("kind")

@@ -432,6 +432,10 @@ disabled_plugins = [
         self.timings["restart"] = time.monotonic() - begun
         return self
 
+    def stop_daemon(self) -> None:
+        """Stop containerd alone, leaving shims and state: the runtime 'goes away'."""
+        self._stop_daemon()
+
     def _stop_daemon(self, timeout: float = 10.0) -> None:
         if self.proc is None:
             return

@@ -183,3 +183,68 @@ def test_unsafe_runtime_sockets_are_refused(tmp_path: Path) -> None:
             check_endpoint("tcp://127.0.0.1:1234")
     finally:
         server.close()
+
+
+def runtime_condition(cloud: Cloud, node: str) -> dict[str, Any]:
+    status = cloud.nodes()[node]["status"]
+    return next((c for c in status.get("conditions", [])
+                 if c["type"] == "ContainerRuntimeReady"), {})
+
+
+def test_logs_come_from_the_node_and_the_runtime_shows_in_node_status(
+        env: Env, runtime: Containerd) -> None:
+    import shutil
+    import subprocess
+
+    cloud = make_cloud(env).start()
+    edge_with_runtime(cloud, runtime, "talker").start()
+    wait_for(lambda: runtime_condition(cloud, "talker").get("status") == "True",
+             what="the runtime condition at the cloud")
+    info = cloud.nodes()["talker"]["status"]["nodeInfo"]
+    assert info["containerRuntimeVersion"].startswith("containerd://")
+    apply(cloud, env, [pod_manifest(runtime, "chatty", "talker",
+                                    "for i in 1 2 3 4 5; do echo line-$i; done; sleep 3600")])
+    wait_for(lambda: "line-5" in cloud.moorage("logs", "chatty", check=False).stdout, 30,
+             what="moorage logs to show the output")
+    assert cloud.moorage("logs", "chatty").stdout == "".join(f"line-{i}\n" for i in range(1, 6))
+    assert cloud.moorage("logs", "chatty", "--tail", "2").stdout == "line-4\nline-5\n"
+    missing = cloud.moorage("logs", "chatty", "-c", "nope", check=False)
+    assert missing.returncode == 1 and "has no container 'nope'" in missing.stderr
+    kubectl = shutil.which("kubectl")
+    if kubectl:
+        out = subprocess.run([kubectl, "--kubeconfig", str(cloud.kubeconfig), "logs", "chatty",
+                              "--tail=1"], capture_output=True, text=True, timeout=30,
+                             check=False)
+        assert out.stdout == "line-5\n", out.stderr
+
+
+def test_containerd_restart_is_survived(env: Env, runtime: Containerd) -> None:
+    cloud = make_cloud(env).start()
+    edge = edge_with_runtime(cloud, runtime, "sturdy").start()
+    wait_for(lambda: cloud.node_ready("sturdy") is True, what="sturdy Ready")
+    apply(cloud, env, [pod_manifest(runtime, "survivor", "sturdy", "sleep 3600")])
+    wait_for(lambda: phase(cloud, "survivor") == "Running", 30, what="survivor Running")
+    before = {s.id for s in sandboxes(runtime)}
+
+    runtime.restart()
+    assert edge.daemon is not None
+    wait_for(lambda: runtime_condition(cloud, "sturdy").get("status") == "True", 30,
+             what="the runtime condition back to True")
+    wait_for(lambda: phase(cloud, "survivor") == "Running", 30, what="survivor Running")
+    assert {s.id for s in sandboxes(runtime)} == before
+
+
+def test_runtime_going_away_turns_the_condition_false(env: Env, runtime: Containerd) -> None:
+    cloud = make_cloud(env).start()
+    edge = edge_with_runtime(cloud, runtime, "fragile").start()
+    wait_for(lambda: runtime_condition(cloud, "fragile").get("status") == "True",
+             what="runtime condition True")
+    runtime.stop_daemon()
+    wait_for(lambda: runtime_condition(cloud, "fragile").get("status") == "False", 30,
+             what="runtime condition False")
+    assert runtime_condition(cloud, "fragile")["reason"] == "RuntimeUnavailable"
+    assert edge.daemon is not None
+    edge.daemon.wait_log("container runtime unavailable")
+    runtime.restart()
+    wait_for(lambda: runtime_condition(cloud, "fragile").get("status") == "True", 30,
+             what="runtime condition True again")
