@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from edgecore.metamanager import MetaManager
-from edgecore.runtime import MANAGED_LABEL, CRIClient, RuntimeUnavailable, check_endpoint
+from edgecore.runtime import (
+    MANAGED_LABEL,
+    CallFailed,
+    CRIClient,
+    RuntimeUnavailable,
+    check_endpoint,
+)
 from moorage.aio import sleep_or_stop
 
 log = logging.getLogger("edgecore.edged")
@@ -141,10 +147,11 @@ class Edged:
                 await self._remove_sandbox(stale.id, pod["metadata"]["name"])
             try:
                 await self._sync_pod(pod, ready[0].id if ready else None)
-            except RuntimeUnavailable as exc:
-                self._report(pod, {"phase": "Pending", "reason": "RuntimeError",
+            except CallFailed as exc:
+                # This pod's problem (an image that cannot be pulled, a bad mount): say so
+                # in its status and go on with the others.
+                self._report(pod, {"phase": "Pending", "reason": "CreateFailed",
                                    "message": str(exc)})
-                raise
         for uid in list(self.reported):
             if uid not in desired:
                 del self.reported[uid]
@@ -235,10 +242,10 @@ class Edged:
         try:
             await self.cri.call(self.cri.images, "PullImage", pb.PullImageRequest(
                 image=pb.ImageSpec(image=image), sandbox_config=config), timeout=300)
-        except RuntimeUnavailable as exc:
-            raise RuntimeUnavailable(f"image {image} is not on this node and cannot be pulled "
-                                     f"({exc}); import it with `ctr -n k8s.io images import` "
-                                     "while offline") from None
+        except CallFailed as exc:
+            raise CallFailed(f"image {image} is not on this node and cannot be pulled ({exc}); "
+                             "import it with `ctr -n k8s.io images import` while offline"
+                             ) from None
 
     async def _start_container(self, pod: dict[str, Any], spec: dict[str, Any],
                                sandbox_id: str, config: Any, attempt: int) -> str:

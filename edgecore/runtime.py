@@ -23,6 +23,10 @@ class RuntimeUnavailable(MoorageError):
     """The container runtime cannot be used (bad socket, not running, failing)."""
 
 
+class CallFailed(MoorageError):
+    """The runtime answered, but refused one request (a pod's problem, not the node's)."""
+
+
 def check_endpoint(endpoint: str) -> Path:
     """Validate an admin-given CRI endpoint; returns the socket path."""
     if not endpoint.startswith("unix://"):
@@ -75,8 +79,12 @@ class CRIClient:
         try:
             return await getattr(stub, method)(request, timeout=timeout or self.timeout)
         except self.grpc.aio.AioRpcError as exc:
-            raise RuntimeUnavailable(f"CRI {method} failed: {exc.code().name}: "
-                                     f"{exc.details()}") from None
+            code = exc.code()
+            text = f"CRI {method} failed: {code.name}: {exc.details()}"
+            if code in (self.grpc.StatusCode.UNAVAILABLE, self.grpc.StatusCode.DEADLINE_EXCEEDED,
+                        self.grpc.StatusCode.CANCELLED):
+                raise RuntimeUnavailable(text) from None
+            raise CallFailed(text) from None
 
     async def version(self) -> Any:
         return await self.call(self.runtime, "Version", self.pb.VersionRequest(version="v1"))

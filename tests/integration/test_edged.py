@@ -248,3 +248,78 @@ def test_runtime_going_away_turns_the_condition_false(env: Env, runtime: Contain
     runtime.restart()
     wait_for(lambda: runtime_condition(cloud, "fragile").get("status") == "True", 30,
              what="runtime condition True again")
+
+
+def test_config_and_secrets_reach_the_container_as_env_and_files(
+        env: Env, runtime: Containerd, tmp_path: Path) -> None:
+    cloud = make_cloud(env).start()
+    edge_with_runtime(cloud, runtime, "configured").start()
+    wait_for(lambda: cloud.node_ready("configured") is True, what="configured Ready")
+    host_dir = tmp_path / "host"
+    host_dir.mkdir()
+    (host_dir / "note").write_text("from-the-host")
+    pod = pod_manifest(runtime, "reader", "configured",
+                       "echo env=$MODE/$TOKEN; cat /cfg/greeting; echo; cat /sec/token; echo; "
+                       "cat /host/note; echo; ls /scratch && echo scratch-ok; sleep 3600")
+    spec = pod["spec"]
+    spec["volumes"] = [{"name": "cfg", "configMap": {"name": "app-config"}},
+                       {"name": "sec", "secret": {"secretName": "app-secret"}},
+                       {"name": "host", "hostPath": {"path": str(host_dir)}},
+                       {"name": "scratch", "emptyDir": {}}]
+    container = spec["containers"][0]
+    container["volumeMounts"] = [{"name": "cfg", "mountPath": "/cfg"},
+                                 {"name": "sec", "mountPath": "/sec", "readOnly": True},
+                                 {"name": "host", "mountPath": "/host"},
+                                 {"name": "scratch", "mountPath": "/scratch"}]
+    container["envFrom"] = [{"configMapRef": {"name": "app-config"}}]
+    container["env"] = [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {
+        "name": "app-secret", "key": "token"}}}]
+    container["resources"] = {"limits": {"memory": "64Mi", "cpu": "500m"}}
+    apply(cloud, env, [
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "app-config"},
+         "data": {"MODE": "edge", "greeting": "hello-from-configmap"}},
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "app-secret"},
+         "stringData": {"token": "s3cret"}},
+        pod])
+    wait_for(lambda: "scratch-ok" in cloud.moorage("logs", "reader", check=False).stdout, 30,
+             what="the container to print what it sees")
+    out = cloud.moorage("logs", "reader").stdout
+    assert "env=edge/s3cret" in out
+    assert "hello-from-configmap" in out and "s3cret" in out and "from-the-host" in out
+
+
+def test_missing_image_offline_gives_a_clear_pod_status(env: Env, runtime: Containerd) -> None:
+    cloud = make_cloud(env).start()
+    edge_with_runtime(cloud, runtime, "isolated").start()
+    wait_for(lambda: cloud.node_ready("isolated") is True, what="isolated Ready")
+    pod = pod_manifest(runtime, "nowhere", "isolated", "true")
+    pod["spec"]["containers"][0]["image"] = "moorage.local/not-imported:1"
+    apply(cloud, env, [pod])
+    wait_for(lambda: "cannot be pulled" in str(cloud_pod(cloud, "nowhere").get("status", {})),
+             60, what="the pull failure in the pod status")
+    status = cloud_pod(cloud, "nowhere")["status"]
+    assert status["phase"] == "Pending"
+    assert "moorage.local/not-imported:1" in status["message"]
+    assert "ctr -n k8s.io images import" in status["message"]
+    assert runtime_condition(cloud, "isolated").get("status") == "True"  # the node is fine
+
+
+def test_offline_edge_recreates_a_pod_that_vanished(env: Env, runtime: Containerd) -> None:
+    cloud = make_cloud(env).start()
+    edge = edge_with_runtime(cloud, runtime, "alone").start()
+    wait_for(lambda: cloud.node_ready("alone") is True, what="alone Ready")
+    apply(cloud, env, [pod_manifest(runtime, "phoenix", "alone", "sleep 3600")])
+    wait_for(lambda: phase(cloud, "phoenix") == "Running", 30, what="phoenix Running")
+    cloud.stop()
+    (gone,) = sandboxes(runtime)
+    pb, stub, channel = cri(runtime)
+    try:
+        stub.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=gone.id), timeout=30)
+        stub.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=gone.id), timeout=30)
+    finally:
+        channel.close()
+    wait_for(lambda: [s.id for s in sandboxes(runtime)] not in ([], [gone.id]), 30,
+             what="edged to recreate the pod from its store, with no cloud")
+    wait_for(lambda: [c.state for c in containers(runtime)] == [1], 30,
+             what="its container running again")
+    assert edge.daemon is not None and "connecting to the cloud failed" in edge.log()
