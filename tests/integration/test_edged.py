@@ -260,7 +260,12 @@ def test_config_and_secrets_reach_the_container_as_env_and_files(
     (host_dir / "note").write_text("from-the-host")
     pod = pod_manifest(runtime, "reader", "configured",
                        "echo env=$MODE/$TOKEN; cat /cfg/greeting; echo; cat /sec/token; echo; "
-                       "cat /host/note; echo; ls /scratch && echo scratch-ok; sleep 3600")
+                       "cat /host/note; echo; "
+                       "echo mem=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes "
+                       "/sys/fs/cgroup/memory.max 2>/dev/null); "
+                       "echo cpu=$(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us "
+                       "/sys/fs/cgroup/cpu.max 2>/dev/null); "
+                       "ls /scratch && echo scratch-ok; sleep 3600")
     spec = pod["spec"]
     spec["volumes"] = [{"name": "cfg", "configMap": {"name": "app-config"}},
                        {"name": "sec", "secret": {"secretName": "app-secret"}},
@@ -286,6 +291,8 @@ def test_config_and_secrets_reach_the_container_as_env_and_files(
     out = cloud.moorage("logs", "reader").stdout
     assert "env=edge/s3cret" in out
     assert "hello-from-configmap" in out and "s3cret" in out and "from-the-host" in out
+    assert "mem=67108864" in out  # limits.memory 64Mi, enforced by the cgroup
+    assert "cpu=50000" in out  # limits.cpu 500m: 50 ms per 100 ms period
 
 
 def test_missing_image_offline_gives_a_clear_pod_status(env: Env, runtime: Containerd) -> None:
