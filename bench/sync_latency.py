@@ -36,6 +36,13 @@ Measured:
    sends messages of a pod message's size at the same rate for the same duration;
    P50/P99 of the round trip, and cloudcore's P50/P99 over them.
 
+By default all N nodes dial at once (``--concurrency`` handshakes in flight per
+simulator process); ``--connect-rate R`` opens them at R/s overall instead. After
+connecting, the run waits (at most ``--quiet-timeout`` s) until cloudcore uses
+less than 0.3 core, so the measurements do not overlap the connect storm's tail.
+Nodes whose connection cloudcore closed are not reconnected: they are reported,
+and objects routed to them are counted apart.
+
 It prints the machine facts (including the load from other processes seen
 during the latency phase) and markdown tables. Everything started here is
 stopped at the end, also on Ctrl-C, SIGTERM or an error; every loop is bounded

@@ -45,12 +45,25 @@ class Dispatcher:
         self.syncs: dict[str, NodeSync] = {}
         # What each node acknowledged: kept for all nodes, for `get pods -o wide`.
         self.acked: dict[str, dict[Key, tuple[str, int]]] = {}
+        # Which nodes hold each key: a change finds them without scanning every node.
+        self.holders: dict[Key, set[str]] = {}
+        # Nodes with something to send, and nodes waiting for acks: the only ones the
+        # sender looks at, so its cost follows activity, not the number of nodes.
+        self.dirty: set[str] = set()
+        self.awaiting: set[str] = set()
         self.wake = asyncio.Event()
         store.listeners.append(self.on_change)
 
     async def load(self) -> None:
         for node in {n["metadata"]["name"] for n in self.store.list("nodes")}:
-            self.acked[node] = await self.store.acked(node)
+            self._hold(node, await self.store.acked(node))
+
+    def _hold(self, node: str, acked: dict[Key, tuple[str, int]]) -> None:
+        for key in self.acked.get(node, {}):
+            self.holders.get(key, set()).discard(node)
+        self.acked[node] = acked
+        for key in acked:
+            self.holders.setdefault(key, set()).add(node)
 
     def sync_state(self, node: str, key: Key) -> str:
         """Has ``node`` acknowledged the latest version of ``key`` it must hold?"""
@@ -90,21 +103,26 @@ class Dispatcher:
             if sync is not None:
                 sync.reconcile(self.desired(node))
                 sync.mark(key)
+                self.dirty.add(node)
         # Nodes holding the key that the router no longer sends it to get a delete.
-        for node, sync in self.syncs.items():
-            if key in sync.acked and node not in affected:
+        for node in self.holders.get(key, set()) - affected:
+            sync = self.syncs.get(node)
+            if sync is not None:
                 sync.mark(key)
-        self.wake.set()
+                self.dirty.add(node)
+        if self.dirty:
+            self.wake.set()
 
     async def node_connected(self, node: str) -> None:
         acked = await self.store.acked(node)
-        self.acked[node] = acked
+        self._hold(node, acked)
         sync = NodeSync(node, acked, window=self.window, resend_after=self.resend_after)
         sync.reconcile(self.desired(node))
         self.syncs[node] = sync
         if sync.backlog:
             log.info("node %s connected: %d object(s) to send", node, sync.backlog)
-        self.wake.set()
+            self.dirty.add(node)
+            self.wake.set()
 
     def node_disconnected(self, node: str, replaced: bool) -> None:
         sync = self.syncs.get(node)
@@ -112,13 +130,19 @@ class Dispatcher:
             return
         if replaced:
             sync.disconnected()  # what was in flight goes out again on the new connection
+            self.dirty.add(node)
             self.wake.set()
         else:
             del self.syncs[node]
+            self.dirty.discard(node)
+            self.awaiting.discard(node)
 
     async def node_deleted(self, node: str) -> None:
         self.syncs.pop(node, None)
+        self._hold(node, {})
         self.acked.pop(node, None)
+        self.dirty.discard(node)
+        self.awaiting.discard(node)
         await self.store.forget_node(node)
 
     async def on_ack(self, node: str, message: Message) -> None:
@@ -131,9 +155,16 @@ class Dispatcher:
             return
         done = sync.on_ack(message.parent_msg_id)
         if done is not None:
-            await self.store.record_ack(node, done.key, done.uid, done.resource_version)
-            if sync.backlog < self.window:
+            if done.resource_version is None:
+                self.holders.get(done.key, set()).discard(node)
+            else:
+                self.holders.setdefault(done.key, set()).add(node)
+            if not sync.inflight:
+                self.awaiting.discard(node)
+            if sync.queue:
+                self.dirty.add(node)
                 self.wake.set()
+            await self.store.record_ack(node, done.key, done.uid, done.resource_version)
 
     async def apply_report(self, node: str, kind: str, namespace: str, name: str,
                            message: Message) -> None:
@@ -166,15 +197,22 @@ class Dispatcher:
                        resource_version=str(out.resource_version), content=out.obj)
 
     async def run(self, stopping: asyncio.Event) -> None:
+        next_resend_check = 0.0
         while not stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), TICK)
             self.wake.clear()
             now = time.monotonic()
-            for node, sync in list(self.syncs.items()):
-                session = self.hub.sessions.get(node)
-                if session is None:
+            nodes, self.dirty = self.dirty, set()
+            if now >= next_resend_check:
+                nodes |= self.awaiting  # overdue acks: resend
+                next_resend_check = now + TICK
+            for node in nodes:
+                sync = self.syncs.get(node)
+                if sync is None or node not in self.hub.sessions:
                     continue
                 batch = sync.due(now) + sync.take(now, self.target(node))
+                if sync.inflight:
+                    self.awaiting.add(node)
                 for out in batch:
                     await self.hub.send_to(node, envelope.encode(self._message(out, node)))

@@ -84,7 +84,9 @@ class Hub:
             process_request=self._check_request,
             compression=None,
             max_size=s.max_message_bytes,
-            max_queue=4,
+            # Room for a node's keepalives while one of its messages waits on the store, so
+            # the ping replies behind them are still read (else the node is dropped).
+            max_queue=32,
             write_limit=64 * 1024,
             ping_interval=s.keepalive_interval,
             ping_timeout=s.keepalive_interval,
