@@ -1,0 +1,1 @@
+"""KubeEdge DMI v1beta1 stubs: generated from proto/dmi/v1beta1/api.proto."""
