@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs the system packages the test suite needs (Debian 12, run as root):
-# containerd (with ctr), runc, busybox-static (the test image's only binary) and
-# containernetworking-plugins (CNI, /usr/lib/cni). Starts no service; safe to run again.
+# containerd (with ctr), runc, busybox-static (the test image's only binary),
+# containernetworking-plugins (CNI, /usr/lib/cni), and socat (a PTY pair is the serial line
+# of the Modbus RTU tests). Starts no service; safe to run again.
 # The tests start their own containerd on their own sockets, so the distribution's
 # containerd service is stopped and disabled if it happens to be running.
 set -euo pipefail
 
-PACKAGES=(containerd runc busybox-static containernetworking-plugins)
+PACKAGES=(containerd runc busybox-static containernetworking-plugins socat)
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "install-system-deps.sh: must run as root" >&2
@@ -66,7 +67,7 @@ elif [ -x /etc/init.d/containerd ] && command -v service >/dev/null 2>&1 \
   fi
 fi
 
-for bin in containerd ctr runc containerd-shim-runc-v2; do
+for bin in containerd ctr runc containerd-shim-runc-v2 socat; do
   command -v "$bin" >/dev/null 2>&1 || { echo "missing after install: $bin" >&2; exit 1; }
 done
 [ -x /bin/busybox ] || { echo "missing after install: /bin/busybox" >&2; exit 1; }
