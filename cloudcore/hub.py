@@ -17,7 +17,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
@@ -311,6 +310,3 @@ class Hub:
                             node, session.identity.serial)
                 asyncio.get_running_loop().create_task(
                     self.disconnect(node, "client certificate expired"))
-
-    def snapshot(self) -> dict[str, Any]:
-        return {"connected": len(self.sessions)}

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 import threading
@@ -257,14 +256,6 @@ def join(cloud: Cloud, name: str, token: str | None = None, *extra: str,
     # Pods in most tests are bookkeeping only: edged runs them where a test asks for it.
     edit_yaml(edge.config, lambda d: d["modules"]["edged"].update(enable=False))
     return edge
-
-
-def node_tls_context(edge: Edge) -> ssl.SSLContext:
-    """A client context holding ``edge``'s real node certificate, for hand-made peers."""
-    from certs import tls
-
-    return tls.client_context(ca_file=edge.pki / "ca.crt", cert_file=edge.pki / "edge.crt",
-                              key_file=edge.pki / "edge.key")
 
 
 @contextlib.contextmanager
