@@ -168,18 +168,27 @@ class Dispatcher:
 
     async def apply_report(self, node: str, kind: str, namespace: str, name: str,
                            message: Message) -> None:
-        """A status reported by ``node`` (``podstatus``): only for its own pods."""
-        pod = self.store.get(("pods", namespace, name))
-        if pod is None:
-            raise ProtocolError(f"pod {namespace}/{name} does not exist at the cloud")
-        if pod.get("spec", {}).get("nodeName") != node:
-            raise PermissionError(f"node {node!r} may not report about pod {namespace}/{name}, "
-                                  "which is not bound to it")
+        """A status reported by ``node`` (``podstatus``, ``devicestatus``): only for objects
+        bound to it, and only their status."""
+        plural = {"podstatus": "pods", "devicestatus": "devices"}[kind]
+        obj = self.store.get((plural, namespace, name))
+        if obj is None:
+            raise ProtocolError(f"{plural} {namespace}/{name} does not exist at the cloud")
+        if obj.get("spec", {}).get("nodeName") != node:
+            raise PermissionError(f"node {node!r} may not report about {plural} "
+                                  f"{namespace}/{name}, which is not bound to it")
         content = message.content if isinstance(message.content, dict) else {}
         status = content.get("status")
         if not isinstance(status, dict):
             raise ProtocolError("content.status: expected an object")
-        await self.store.replace("pods", {**pod, "status": status}, status_only=True)
+        if plural == "devices":
+            twins = status.get("twins", [])
+            if not isinstance(twins, list) or not all(
+                    isinstance(t, dict) and isinstance(t.get("propertyName"), str)
+                    for t in twins):
+                raise ProtocolError("content.status.twins: expected a list of "
+                                    "{propertyName, reported, observedDesired}")
+        await self.store.replace(plural, {**obj, "status": status}, status_only=True)
 
     # ------------------------------------------------------------ sending
 

@@ -32,7 +32,7 @@ from moorage.errors import ProtocolError
 
 log = logging.getLogger("cloudcore.hub")
 
-REPORT_KINDS = ("podstatus",)
+REPORT_KINDS = ("podstatus", "devicestatus")
 CLOSE_REPLACED = 4000  # private-use close code: a newer connection took over
 
 

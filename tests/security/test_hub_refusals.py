@@ -171,7 +171,7 @@ def test_message_about_another_nodes_objects_is_refused(world: tuple[Cloud, Edge
                                   resource="default/nodestatus/beta",
                                   content={"status": {"capacity": {"cpu": "999"}}})
         ws.send(envelope.encode(forged))
-        answer = envelope.decode(ws.recv(timeout=10))
+        answer = _reply_to(ws, forged)
     assert answer.parent_msg_id == forged.msg_id
     assert answer.operation == "error"
     assert "may not report about node 'beta'" in answer.content
@@ -191,7 +191,7 @@ def test_oversized_frame_closes_only_that_connection(world: tuple[Cloud, Edge, E
         probe = envelope.Message(source="edged", group="resource", operation="update",
                                  resource="default/nodestatus/beta", content={"status": {}})
         bystander.send(envelope.encode(probe))
-        answer = envelope.decode(bystander.recv(timeout=10))
+        answer = _reply_to(bystander, probe)
         assert answer.parent_msg_id == probe.msg_id and answer.operation == "response"
     wait_for(lambda: "node alpha sent a frame larger than 1048576 bytes: its connection was "
              "closed (code 1009)" in cloud.log(), 10,
@@ -207,7 +207,7 @@ def test_malformed_message_is_ignored_and_connection_survives(
         probe = envelope.Message(source="edged", group="resource", operation="update",
                                  resource="default/nodestatus/alpha", content={"status": {}})
         ws.send(envelope.encode(probe))
-        assert envelope.decode(ws.recv(timeout=10)).parent_msg_id == probe.msg_id
+        assert _reply_to(ws, probe).operation == "response"
     log = cloud.log()
     assert "node alpha sent a malformed message, ignored: message is not valid JSON" in log
     assert "header.msg_id: expected str, got int" in log
@@ -228,3 +228,38 @@ def test_revoked_certificate_is_refused_after_node_delete(world: tuple[Cloud, Ed
     assert refused.value.response.status_code == 403
     assert b"has been revoked" in refused.value.response.body
     assert "node victim: certificate" in cloud.log() and "has been revoked" in cloud.log()
+
+
+def _reply_to(ws: ClientConnection, message: envelope.Message) -> envelope.Message:
+    """The answer to ``message``; desired state the cloud pushes meanwhile is skipped."""
+    for _ in range(100):
+        answer = envelope.decode(ws.recv(timeout=10))
+        if answer.parent_msg_id == message.msg_id:
+            return answer
+    raise AssertionError("no answer")
+
+
+def test_device_status_is_accepted_only_for_the_nodes_own_devices(
+        world: tuple[Cloud, Edge, Edge]) -> None:
+    cloud, alpha, _ = world
+    from tests.support import write_manifests
+
+    docs = [{"apiVersion": "devices.kubeedge.io/v1beta1", "kind": "Device",
+             "metadata": {"name": name},
+             "spec": {"nodeName": node, "deviceModelRef": {"name": "thermo"}}}
+            for name, node in (("mine", "alpha"), ("theirs", "beta"))]
+    cloud.moorage("apply", "-f", str(write_manifests(cloud.env.root / "dev.yaml", docs)))
+    report = {"status": {"state": "online", "twins": [
+        {"propertyName": "temperature", "reported": {"value": "21.5"}}]}}
+    with _dial(cloud, "alpha", _node_ctx(alpha)) as ws:
+        for name in ("mine", "theirs"):
+            message = envelope.Message(source="devicetwin", group="resource",
+                                       operation="update",
+                                       resource=f"default/devicestatus/{name}", content=report)
+            ws.send(envelope.encode(message))
+            answer = _reply_to(ws, message)
+            assert answer.operation == ("response" if name == "mine" else "error")
+    table = cloud.moorage("get", "devices").stdout
+    assert [line.split()[:4] for line in table.splitlines()[1:]] == [
+        ["mine", "alpha", "thermo", "online"], ["theirs", "beta", "thermo", "<unknown>"]]
+    assert "may not report about devices default/theirs" in cloud.log()
