@@ -205,8 +205,9 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc)[:120]}"
 
 
-def simulate(index: int, first: int, count: int, opts: dict[str, Any], ctrl: Connection) -> None:
-    """One simulator process: ``count`` edge nodes, each with its own certificate."""
+def run_simulator(index: int, body: Any, first: int, count: int, opts: dict[str, Any],
+                  ctrl: Connection) -> None:
+    """The body of a simulator process (shared by the benchmarks)."""
     # Ctrl-C reaches the whole process group: the parent decides when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent()
@@ -216,21 +217,26 @@ def simulate(index: int, first: int, count: int, opts: dict[str, Any], ctrl: Con
     # Hold thousands of TLS connections per process: small per-connection read buffer.
     sslproto.SSLProtocol.max_size = SIM_SSL_BUFFER
     try:
-        asyncio.run(_simulate(first, count, opts, ctrl))
+        asyncio.run(body(first, count, opts, ctrl))
     except BaseException as exc:
         with contextlib.suppress(Exception):
             ctrl.send(("error", f"simulator {index}: {type(exc).__name__}: {exc}"))
         raise
 
 
-async def _simulate(first: int, count: int, opts: dict[str, Any], ctrl: Connection) -> None:
-    from websockets.asyncio.client import ClientConnection, connect
-    from websockets.exceptions import ConnectionClosed
-    from websockets.protocol import State
+@dataclass
+class SimSetup:
+    names: list[str]
+    contexts: dict[str, ssl.SSLContext]
+    template: str  # a registration Node object with @NODE@ for the name
+    inbox: asyncio.Queue[tuple[str, Any]]
 
+
+def prepare_simulator(first: int, count: int, opts: dict[str, Any],
+                      ctrl: Connection) -> SimSetup:
+    """TLS contexts for our nodes, the ready report, and the parent's commands as a queue."""
     from certs import tls
     from edgecore.nodeinfo import node_object
-    from moorage import envelope
 
     prep_start = time.monotonic()
     names = [node_name(i) for i in range(first, first + count)]
@@ -253,6 +259,24 @@ async def _simulate(first: int, count: int, opts: dict[str, Any], ctrl: Connecti
         inbox.put_nowait(message)
 
     loop.add_reader(ctrl.fileno(), on_ctrl)
+    return SimSetup(names, contexts, template, inbox)
+
+
+def simulate(index: int, first: int, count: int, opts: dict[str, Any], ctrl: Connection) -> None:
+    """One simulator process: ``count`` edge nodes, each with its own certificate."""
+    run_simulator(index, _simulate, first, count, opts, ctrl)
+
+
+async def _simulate(first: int, count: int, opts: dict[str, Any], ctrl: Connection) -> None:
+    from websockets.asyncio.client import ClientConnection, connect
+    from websockets.exceptions import ConnectionClosed
+    from websockets.protocol import State
+
+    from moorage import envelope
+
+    setup = prepare_simulator(first, count, opts, ctrl)
+    names, contexts, template, inbox = (setup.names, setup.contexts, setup.template,
+                                        setup.inbox)
     command, _ = await inbox.get()
     if command != "go":
         return

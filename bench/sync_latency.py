@@ -88,18 +88,7 @@ log = hc.log
 
 def simulate(index: int, first: int, count: int, opts: dict[str, Any], ctrl: Connection) -> None:
     """One simulator process: ``count`` edge nodes that answer like edgecore."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
-    hc.die_with_parent()
-    hc.raise_nofile()
-    from asyncio import sslproto
-
-    sslproto.SSLProtocol.max_size = hc.SIM_SSL_BUFFER  # thousands of TLS conns per process
-    try:
-        asyncio.run(_simulate(first, count, opts, ctrl))
-    except BaseException as exc:
-        with contextlib.suppress(Exception):
-            ctrl.send(("error", f"simulator {index}: {type(exc).__name__}: {exc}"))
-        raise
+    hc.run_simulator(index, _simulate, first, count, opts, ctrl)
 
 
 async def _simulate(first: int, count: int, opts: dict[str, Any], ctrl: Connection) -> None:
@@ -107,31 +96,13 @@ async def _simulate(first: int, count: int, opts: dict[str, Any], ctrl: Connecti
     from websockets.exceptions import ConnectionClosed
     from websockets.protocol import State
 
-    from certs import tls
-    from edgecore.nodeinfo import node_object
     from moorage import envelope
     from moorage.errors import ProtocolError
 
-    prep_start = time.monotonic()
-    names = [hc.node_name(i) for i in range(first, first + count)]
-    cert_dir = Path(opts["cert_dir"])
-    contexts = {name: tls.client_context(ca_file=opts["ca_file"],
-                                         cert_file=cert_dir / f"{name}.crt",
-                                         key_file=opts["key_file"]) for name in names}
-    template = json.dumps(node_object("@NODE@", "127.0.0.1", {}))
-    ctrl.send(("ready", {"prepare_s": time.monotonic() - prep_start}))
-
-    loop = asyncio.get_running_loop()
-    inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    setup = hc.prepare_simulator(first, count, opts, ctrl)
+    names, contexts, template, inbox = (setup.names, setup.contexts, setup.template,
+                                        setup.inbox)
     hard_deadline = time.monotonic() + opts["max_runtime"]
-
-    def on_ctrl() -> None:
-        try:
-            message = ctrl.recv()
-        except (EOFError, OSError):  # the parent is gone: stop
-            loop.remove_reader(ctrl.fileno())
-            message = ("stop", None)
-        inbox.put_nowait(message)
 
     async def next_command() -> tuple[str, Any]:
         try:
@@ -140,7 +111,6 @@ async def _simulate(first: int, count: int, opts: dict[str, Any], ctrl: Connecti
         except TimeoutError:
             return ("stop", None)  # the process' own time bound
 
-    loop.add_reader(ctrl.fileno(), on_ctrl)
     if (await next_command())[0] != "go":
         return
 
@@ -232,7 +202,7 @@ async def _simulate(first: int, count: int, opts: dict[str, Any], ctrl: Connecti
         message = envelope.Message(source="edged", group=envelope.GROUP_RESOURCE,
                                    operation=envelope.INSERT, resource=f"default/node/{name}",
                                    content=json.loads(template.replace("@NODE@", name)))
-        future: asyncio.Future[Any] = loop.create_future()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         waiting[message.msg_id] = future
         sent = time.monotonic()
         try:
@@ -571,9 +541,7 @@ def wait_until(sims: list[hc.Sim], deliveries: Deliveries, server: hc.Daemon,
 
 # ---------------------------------------------------------------- results
 
-def q(values: list[float], p: float) -> float:
-    return hc.quantile(values, p)
-
+q = hc.quantile  # a short name: the report tables use it a lot
 
 @dataclass
 class Results:
