@@ -10,7 +10,6 @@ hear of it.
 from __future__ import annotations
 
 import asyncio
-import collections
 import copy
 import json
 import logging
@@ -40,7 +39,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from moorage.events import Event, TooOld
+from moorage.events import Event, History
 
 log = logging.getLogger("cloudcore.objects")
 
@@ -122,7 +121,6 @@ class NotFound(Exception):
 
 
 Change = Event
-Expired = TooOld
 
 
 def key_of(kind: str, obj: dict[str, Any]) -> Key:
@@ -140,7 +138,7 @@ class ObjectStore:
         self.cache: dict[Key, dict[str, Any]] = {}
         self.sync_versions: dict[Key, int] = {}
         self.resource_version = 0
-        self.history: collections.deque[Change] = collections.deque(maxlen=HISTORY)
+        self.history = History(HISTORY)
         self.listeners: list[Callable[[Change], None]] = []
         self._write = asyncio.Lock()
 
@@ -165,6 +163,7 @@ class ObjectStore:
                 await conn.execute(insert(counter).values(id=1, resource_version=0))
             self.resource_version = int((await conn.execute(
                 select(counter.c.resource_version))).scalar_one())
+            self.history.floor = self.resource_version  # no history before this start
             for kind, sync_version, body in await conn.execute(
                     select(objects.c.kind, objects.c.sync_version, objects.c.body)):
                 obj = json.loads(body)
@@ -187,13 +186,8 @@ class ObjectStore:
         return items
 
     def changes_since(self, resource_version: int) -> list[Change]:
-        """Changes after ``resource_version``, or Expired if history no longer reaches it."""
-        if resource_version >= self.resource_version:
-            return []
-        if not self.history or self.history[0].resource_version > resource_version + 1:
-            raise Expired(f"too old resource version: {resource_version} "
-                          f"({self.history[0].resource_version if self.history else 0})")
-        return [c for c in self.history if c.resource_version > resource_version]
+        """Changes after ``resource_version``; TooOld (410) when history no longer reaches it."""
+        return self.history.since(resource_version)
 
     # ------------------------------------------------------------ writes
 

@@ -7,7 +7,6 @@ outbox entry. Listeners (the MetaServer's watches) hear of every change.
 
 from __future__ import annotations
 
-import collections
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -16,7 +15,7 @@ from edgecore.store import EdgeStore, Key, StoreError
 from moorage import envelope
 from moorage.envelope import Message
 from moorage.errors import ManifestError
-from moorage.events import Event, TooOld
+from moorage.events import Event, History
 from moorage.resources import lookup
 
 log = logging.getLogger("edgecore.metamanager")
@@ -27,7 +26,7 @@ HISTORY = 5_000
 class MetaManager:
     def __init__(self, store: EdgeStore) -> None:
         self.store = store
-        self.history: collections.deque[Event] = collections.deque(maxlen=HISTORY)
+        self.history = History(HISTORY, floor=store.revision)
         self.listeners: list[Callable[[Event], None]] = []
         self.changed: Callable[[], None] = lambda: None  # wakes the outbox pump
 
@@ -45,9 +44,7 @@ class MetaManager:
                 log.exception("a watch listener failed")
 
     def since(self, resource_version: int) -> list[Event]:
-        if self.history and self.history[0].resource_version > resource_version + 1:
-            raise TooOld(f"too old resource version: {resource_version}")
-        return [e for e in self.history if e.resource_version > resource_version]
+        return self.history.since(resource_version)
 
     @staticmethod
     def parse(resource: str) -> Key:
