@@ -116,10 +116,52 @@ class MetaManager:
 
 
 @dataclass
+class DeviceTwin:
+    """The DMI server that device mappers register with (a unix socket, owner-only)."""
+
+    enable: bool = True
+    dmi_sock_path: str = ""  # default <dataDir>/dmi.sock
+    dmi_sock_group: str = ""  # a group whose members' mappers may connect too (mode 0660)
+    max_message_bytes: int = 4 * 1024 * 1024
+
+
+@dataclass
+class EventBusTLS:
+    enable: bool = False
+    tls_mqtt_ca_file: str = key("tlsMqttCAFile", "")
+    tls_mqtt_cert_file: str = ""
+    tls_mqtt_private_key_file: str = ""
+
+
+@dataclass
+class EventBus:
+    """An MQTT client of a broker on this machine (mosquitto), KubeEdge's topics."""
+
+    enable: bool = False
+    mqtt_server_external: str = "tcp://127.0.0.1:1883"
+    mqtt_qos: int = key("mqttQOS", 1)
+    mqtt_retain: bool = False
+    tls: EventBusTLS = field(default_factory=EventBusTLS)
+    reconnect_max: float = duration(30.0)
+    max_message_bytes: int = 1024 * 1024
+
+    def validate(self, where: str) -> None:
+        scheme, sep, rest = self.mqtt_server_external.partition("://")
+        if not sep or scheme not in ("tcp", "ssl", "tls"):
+            raise ConfigError(f"{where}.mqttServerExternal: expected tcp://HOST:PORT or "
+                              f"ssl://HOST:PORT, got {self.mqtt_server_external!r}")
+        _host_port(rest.rstrip("/"), f"{where}.mqttServerExternal")
+        if self.mqtt_qos not in (0, 1, 2):
+            raise ConfigError(f"{where}.mqttQOS: expected 0, 1 or 2, got {self.mqtt_qos!r}")
+
+
+@dataclass
 class Modules:
     edge_hub: EdgeHub = field(default_factory=EdgeHub)
     edged: Edged = field(default_factory=Edged)
     meta_manager: MetaManager = field(default_factory=MetaManager)
+    device_twin: DeviceTwin = field(default_factory=DeviceTwin)
+    event_bus: EventBus = field(default_factory=EventBus)
 
 
 @dataclass
@@ -149,6 +191,10 @@ class EdgeCoreConfig:
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
+
+    @property
+    def dmi_sock_path(self) -> Path:
+        return Path(self.modules.device_twin.dmi_sock_path or self.data_path / "dmi.sock")
 
     @property
     def database_path(self) -> Path:

@@ -126,6 +126,13 @@ class EdgeCore:
             self.hub.queries["logs"] = self._logs
             self.edged.on_runtime_change = self._runtime_changed
             tasks.append(asyncio.create_task(self.edged.run(self.stopping)))
+        twin_cfg = self.cfg.modules.device_twin
+        if twin_cfg.enable:
+            from edgecore.devicetwin import DeviceTwin
+
+            self.devicetwin = DeviceTwin(self.meta, self.cfg.dmi_sock_path,
+                                         twin_cfg.dmi_sock_group, twin_cfg.max_message_bytes)
+            tasks.append(asyncio.create_task(self.devicetwin.run(self.stopping)))
         if self.cfg.modules.edge_hub.rotate_certificates:
             tasks.append(asyncio.create_task(self.certs.run(self.hub.switch, self.stopping)))
         await self.stopping.wait()

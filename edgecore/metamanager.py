@@ -94,18 +94,26 @@ class MetaManager:
 
     def report_node_status(self, node: str, status: dict[str, Any]) -> None:
         self.store.enqueue(f"nodes//{node}", f"default/nodestatus/{node}", envelope.UPDATE,
-                           {"status": status})
+                           {"status": status}, replace=True)
         self.changed()
 
     def report_pod_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        """Record a pod's status locally (MetaServer shows it) and queue it for the cloud."""
-        key = ("pods", namespace, name)
-        pod = self.store.get(key)
-        if pod is None:
-            raise ManifestError(f'pods "{name}" not found on this node')
+        self.report_status("pods", namespace, name, status)
+
+    def report_status(self, plural: str, namespace: str, name: str,
+                      status: dict[str, Any]) -> None:
+        """Record an object's status locally (MetaServer shows it) and queue it for the cloud.
+
+        A status not sent yet is replaced by the newer one: the cloud keeps only the latest,
+        and a node offline for weeks must not pile up a report per reading.
+        """
+        key = (plural, namespace, name)
+        obj = self.store.get(key)
+        if obj is None:
+            raise ManifestError(f'{plural} "{name}" not found on this node')
         self.store.report_status(key, status)
-        self.store.enqueue(f"pods/{namespace}/{name}", f"{namespace}/podstatus/{name}",
-                           envelope.UPDATE, {"status": status})
-        updated = {**pod, "status": status}
-        self._publish(Event("MODIFIED", "pods", updated, self.store.revision))
+        report = {"pods": "podstatus", "devices": "devicestatus"}[plural]
+        self.store.enqueue(f"{plural}/{namespace}/{name}", f"{namespace}/{report}/{name}",
+                           envelope.UPDATE, {"status": status}, replace=True)
+        self._publish(Event("MODIFIED", plural, {**obj, "status": status}, self.store.revision))
         self.changed()

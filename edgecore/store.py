@@ -166,10 +166,26 @@ class EdgeStore:
         return {(k, ns, n): rv for k, ns, n, rv in self.db.execute(
             "SELECT kind, namespace, name, resource_version FROM meta")}
 
+    # ------------------------------------------------------------ small local state
+
+    def set_state(self, name: str, value: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (name, value))
+
+    def state_items(self, prefix: str) -> list[str]:
+        rows = self.db.execute("SELECT value FROM state WHERE name >= ? AND name < ? "
+                               "ORDER BY name", (prefix, prefix + "\uffff"))
+        return [row[0] for row in rows]
+
     # ------------------------------------------------------------ outbox (upstream)
 
-    def enqueue(self, object_key: str, resource: str, operation: str, content: Any) -> int:
+    def enqueue(self, object_key: str, resource: str, operation: str, content: Any,
+                replace: bool = False) -> int:
+        """Queue a report; with ``replace``, it supersedes the unsent ones of the same object."""
         with self._tx() as db:
+            if replace:
+                db.execute("DELETE FROM outbox WHERE object_key=? AND seq > "
+                           "(SELECT COALESCE(MIN(seq), 0) FROM outbox)", (object_key,))
             cursor = db.execute(
                 "INSERT INTO outbox (object_key, resource, operation, content, created) "
                 "VALUES (?, ?, ?, ?, ?)",

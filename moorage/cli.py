@@ -18,7 +18,7 @@ from urllib.parse import urlencode
 
 from certs import CertError, pki
 from certs.files import ensure_private_dir, write_private, write_public
-from moorage import __version__, config, kubeconfig, resources, yamlio
+from moorage import __version__, config, kubeconfig, resources, tables, yamlio
 from moorage.client import TABLE, AdminClient
 from moorage.durations import parse_duration
 from moorage.errors import APIError, ConfigError, ManifestError, MoorageError
@@ -312,6 +312,15 @@ def cmd_describe(args: argparse.Namespace) -> int:
         if obj.get(section):
             body = yamlio.dump(obj[section]).rstrip().replace("\n", "\n  ")
             lines.append(f"{section.capitalize()}:\n  {body}")
+    if kind.plural == "devices":
+        status = obj.get("status") or {}
+        lines.append(f"State:        {status.get('state') or 'unknown'}"
+                     f" (last online: {status.get('lastOnlineTime') or 'never'})")
+        rows = tables.device_properties(obj)
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        lines.append("Properties:")
+        lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+                  .rstrip() for row in rows]
     print("\n".join(lines))
     return 0
 

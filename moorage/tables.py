@@ -107,3 +107,30 @@ def table(plural: str, items: list[dict[str, Any]], resource_version: str,
 
 def wants_table(accept: str) -> bool:
     return "as=Table" in accept
+
+
+def _read_at(twin_property: dict[str, Any]) -> str:
+    stamp = (twin_property.get("metadata") or {}).get("timestamp", "")
+    try:
+        at = dt.datetime.fromtimestamp(int(stamp) / 1000, dt.UTC)
+        return at.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    except (TypeError, ValueError, OverflowError, OSError):
+        return str(stamp)
+
+
+def device_properties(obj: dict[str, Any]) -> list[list[str]]:
+    """Rows for `describe device`: each property's desired, observed and reported values."""
+    twins = {t.get("propertyName"): t for t in (obj.get("status") or {}).get("twins") or []
+             if isinstance(t, dict)}
+    rows = [["PROPERTY", "DESIRED", "OBSERVED", "REPORTED", "READ AT", "ERROR"]]
+    for prop in (obj.get("spec") or {}).get("properties") or []:
+        name = prop.get("name", "")
+        desired = (prop.get("desired") or {}).get("value", "")
+        twin = twins.get(name, {})
+        reported, observed = twin.get("reported") or {}, twin.get("observedDesired") or {}
+        error = (reported.get("metadata") or {}).get("error") or \
+            (observed.get("metadata") or {}).get("error") or ""
+        rows.append([name, str(desired or "<none>"), str(observed.get("value", "")) or "-",
+                     str(reported.get("value", "")) or "-",
+                     _read_at(reported) if reported else "-", error])
+    return rows

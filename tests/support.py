@@ -42,8 +42,10 @@ def free_port() -> int:
 
 
 def wait_for(condition: Callable[[], T], timeout: float = 15.0, interval: float = 0.05,
-             what: str = "condition") -> T:
-    """Poll ``condition`` until it returns something truthy, or fail after ``timeout``."""
+             what: str | Callable[[], str] = "condition") -> T:
+    """Poll ``condition`` until it returns something truthy, or fail after ``timeout``.
+
+    ``what`` may be a callable: it is called only on failure (to show logs, say)."""
     deadline = time.monotonic() + timeout * SCALE
     last_error: BaseException | None = None
     while time.monotonic() < deadline:
@@ -54,6 +56,8 @@ def wait_for(condition: Callable[[], T], timeout: float = 15.0, interval: float 
         except Exception as exc:  # the condition may not be checkable yet
             last_error = exc
         time.sleep(interval)
+    if callable(what):
+        what = what()
     raise AssertionError(f"timed out after {timeout * SCALE:.1f}s waiting for {what}"
                          + (f" (last error: {last_error!r})" if last_error else ""))
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mappers.modbus.codec import CodecError, Visitor, decode_bits, decode_registers, encode
+from mappers.sdk.errors import DeviceError, DeviceUnreachable
 
 log = logging.getLogger("mappers.modbus")
 
@@ -29,10 +30,6 @@ EXCEPTION_CODES = {
     11: "gateway target device failed to respond",
 }
 PARITY = {"none": "N", "n": "N", "even": "E", "e": "E", "odd": "O", "o": "O"}
-
-
-class DeviceError(Exception):
-    """A device did not answer, or answered with an error."""
 
 
 @dataclass(frozen=True)
@@ -112,7 +109,7 @@ class Line:
 
     async def _connected(self) -> None:
         if not self.client.connected and not await self.client.connect():
-            raise DeviceError(f"cannot connect to {self.name}: is the device powered and "
+            raise DeviceUnreachable(f"cannot connect to {self.name}: is the device powered and "
                               "reachable (address, port, cable)?")
 
     async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -124,7 +121,7 @@ class Line:
                 result = await getattr(self.client, method)(*args, **kwargs)
             except ModbusException as exc:
                 self.client.close()  # start clean: a half-read frame must not confuse the next
-                raise DeviceError(f"no valid answer from {self.name} (slave "
+                raise DeviceUnreachable(f"no valid answer from {self.name} (slave "
                                   f"{kwargs.get('device_id')}): {exc}") from None
         if result.isError():
             code = getattr(result, "exception_code", 0)

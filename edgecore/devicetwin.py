@@ -1,0 +1,322 @@
+"""DeviceTwin: the DMI server mappers register with, and the twins of this node's devices.
+
+Mappers call DeviceManagerService on a unix socket (owner-only, or a
+configured group). Devices and models that reach the edge store are pushed to
+the mapper of their protocol over its DeviceMapperService; a change of desired
+values only is an UpdateDevice that the mapper applies without a restart.
+Reported twins and states become the device's status in the edge store and go
+upstream through the outbox, so readings taken offline reach the cloud later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from edgecore.metamanager import MetaManager
+from edgecore.store import StoreError
+from moorage.aio import wait_any
+from moorage.dmi import api_pb2 as dmi
+from moorage.dmi import api_pb2_grpc as dmi_grpc
+from moorage.dmi.convert import device_to_dmi, model_to_dmi, twin_dict
+from moorage.errors import ManifestError
+from moorage.events import Event
+
+log = logging.getLogger("edgecore.devicetwin")
+
+MAX_VALUE_CHARS = 64 * 1024
+STATES = ("online", "offline", "ok", "unknown", "disconnected")
+CALL_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class MapperRef:
+    name: str
+    protocol: str
+    address: str  # the mapper's unix socket
+    version: str = ""
+
+
+class TwinError(ValueError):
+    """A report that cannot be applied; the message goes back to the mapper."""
+
+
+def merge_twins(status: dict[str, Any], twins: list[dict[str, Any]],
+                properties: set[str]) -> dict[str, Any]:
+    """The device status with ``twins`` merged in by property name (pure)."""
+    unknown = [t["propertyName"] for t in twins if t["propertyName"] not in properties]
+    if unknown:
+        raise TwinError(f"the device has no propert{'y' if len(unknown) == 1 else 'ies'} "
+                        f"{', '.join(map(repr, unknown))}; known: {', '.join(sorted(properties))}")
+    for twin in twins:
+        for field in ("reported", "observedDesired"):
+            value = twin.get(field, {}).get("value", "")
+            if len(value) > MAX_VALUE_CHARS:
+                raise TwinError(f"twin {twin['propertyName']!r} {field} value is "
+                                f"{len(value)} characters; the limit is {MAX_VALUE_CHARS}")
+    by_name = {t["propertyName"]: dict(t) for t in status.get("twins") or []
+               if isinstance(t, dict) and t.get("propertyName") in properties}
+    for twin in twins:
+        merged = by_name.setdefault(twin["propertyName"], {"propertyName": twin["propertyName"]})
+        for field in ("reported", "observedDesired"):
+            if field in twin:
+                merged[field] = twin[field]
+    return {**status, "twins": [by_name[name] for name in sorted(by_name)]}
+
+
+def spec_digest(obj: dict[str, Any]) -> str:
+    return json.dumps(obj.get("spec"), sort_keys=True)
+
+
+class DeviceTwin(dmi_grpc.DeviceManagerServiceServicer):
+    def __init__(self, meta: MetaManager, sock_path: Path, group: str = "",
+                 max_message_bytes: int = 4 * 1024 * 1024,
+                 publish: Callable[[str, str, dict[str, Any], dict[str, Any]], None]
+                 | None = None) -> None:
+        self.meta, self.store = meta, meta.store
+        self.sock_path, self.group = sock_path, group
+        self.max_message_bytes = max_message_bytes
+        # Called with (namespace, name, previous status, new status) after every change.
+        self.publish = publish
+        self.mappers: dict[str, MapperRef] = {}  # by protocol
+        self.sent: dict[tuple[str, str], tuple[str, str]] = {}  # device -> (mapper, spec)
+        self.dirty: set[tuple[str, str, str]] = set()  # (plural, namespace, name)
+        self.wake = asyncio.Event()
+        self.channels: dict[str, grpc.aio.Channel] = {}
+        for raw in self.store.state_items("mapper/"):
+            ref = MapperRef(**json.loads(raw))
+            self.mappers[ref.protocol] = ref
+        meta.listeners.append(self._on_event)
+
+    # ------------------------------------------------------------ desired state -> mappers
+
+    def _on_event(self, event: Event) -> None:
+        if event.kind not in ("devices", "devicemodels"):
+            return
+        meta = event.obj.get("metadata", {})
+        key = (event.kind, meta.get("namespace", ""), meta.get("name", ""))
+        if event.kind == "devices" and event.type == "MODIFIED":
+            sent = self.sent.get(key[1:])
+            if sent is not None and sent[1] == spec_digest(event.obj):
+                return  # a status write, not a spec change
+        self.dirty.add(key)
+        self.wake.set()
+
+    def _stub(self, ref: MapperRef) -> dmi_grpc.DeviceMapperServiceStub:
+        channel = self.channels.get(ref.address)
+        if channel is None:
+            channel = self.channels[ref.address] = grpc.aio.insecure_channel(
+                f"unix://{ref.address}",
+                options=[("grpc.max_send_message_length", self.max_message_bytes),
+                         ("grpc.max_receive_message_length", self.max_message_bytes)])
+        return dmi_grpc.DeviceMapperServiceStub(channel)
+
+    async def _push(self, key: tuple[str, str, str]) -> bool:
+        """Bring the mapper up to date with one object; False to try again later."""
+        plural, namespace, name = key
+        obj = self.store.get(key)
+        if plural == "devicemodels":
+            for ref in list(self.mappers.values()):
+                stub = self._stub(ref)
+                if obj is None:
+                    await stub.RemoveDeviceModel(dmi.RemoveDeviceModelRequest(
+                        modelName=name, modelNamespace=namespace), timeout=CALL_TIMEOUT)
+                else:
+                    await stub.UpdateDeviceModel(dmi.UpdateDeviceModelRequest(
+                        model=model_to_dmi(obj)), timeout=CALL_TIMEOUT)
+            return True
+        device_key = (namespace, name)
+        sent = self.sent.get(device_key)
+        protocol = ((obj or {}).get("spec", {}).get("protocol") or {}).get("protocolName", "")
+        ref = self.mappers.get(protocol)
+        if sent is not None and (obj is None or ref is None or ref.name != sent[0]):
+            old = next((m for m in self.mappers.values() if m.name == sent[0]), None)
+            if old is not None:
+                await self._stub(old).RemoveDevice(dmi.RemoveDeviceRequest(
+                    deviceName=name, deviceNamespace=namespace), timeout=CALL_TIMEOUT)
+            self.sent.pop(device_key, None)
+            sent = None
+        if obj is None or ref is None:
+            return True  # no mapper for it yet: it gets the device when it registers
+        digest = spec_digest(obj)
+        if sent is not None and sent[1] == digest:
+            return True
+        device = device_to_dmi(obj)
+        stub = self._stub(ref)
+        if sent is None:
+            await stub.RegisterDevice(dmi.RegisterDeviceRequest(device=device),
+                                      timeout=CALL_TIMEOUT)
+        else:
+            await stub.UpdateDevice(dmi.UpdateDeviceRequest(device=device), timeout=CALL_TIMEOUT)
+        self.sent[device_key] = (ref.name, digest)
+        return True
+
+    async def _pusher(self, stopping: asyncio.Event) -> None:
+        failures: dict[tuple[str, str, str], str] = {}
+        while not stopping.is_set():
+            await wait_any(2.0 if failures else 60.0, self.wake, stopping)
+            self.wake.clear()
+            batch, self.dirty = self.dirty, set()
+            batch |= set(failures)
+            # Models first: a device's writable properties come from its model.
+            for key in sorted(batch, key=lambda k: k[0] != "devicemodels"):
+                try:
+                    await self._push(key)
+                    failures.pop(key, None)
+                except grpc.aio.AioRpcError as exc:
+                    reason = exc.details() or exc.code().name
+                    if failures.get(key) != reason:
+                        log.warning("could not give %s %s/%s to its mapper: %s; retrying",
+                                    key[0], key[1], key[2], reason)
+                    failures[key] = reason
+
+    # ------------------------------------------------------------ DeviceManagerService
+
+    def _node_objects(self, plural: str) -> list[dict[str, Any]]:
+        return self.store.list(plural)
+
+    async def MapperRegister(self, request: dmi.MapperRegisterRequest,
+                             context: grpc.aio.ServicerContext) -> dmi.MapperRegisterResponse:
+        info = request.mapper
+        address = info.address.decode("utf-8", "replace")
+        if not info.name or not info.protocol:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "mapper.name and mapper.protocol are required")
+        if not address.startswith("/") or len(address) > 255:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "mapper.address: the absolute path of the mapper's unix socket "
+                                f"is required, got {address!r}")
+        ref = MapperRef(info.name, info.protocol, address, info.version)
+        previous = self.mappers.get(ref.protocol)
+        if previous is not None and previous.name != ref.name:
+            log.warning("mapper %s replaces mapper %s for protocol %s", ref.name, previous.name,
+                        ref.protocol)
+        self.mappers[ref.protocol] = ref
+        with contextlib.suppress(StoreError):
+            self.store.set_state(f"mapper/{ref.name}", json.dumps(asdict(ref)))
+        devices = [d for d in self._node_objects("devices")
+                   if (d.get("spec", {}).get("protocol") or {}).get("protocolName")
+                   == ref.protocol]
+        models = self._node_objects("devicemodels")
+        for device in devices:
+            meta = device["metadata"]
+            self.sent[(meta.get("namespace", "default"), meta["name"])] = (ref.name,
+                                                                          spec_digest(device))
+        log.info("mapper %s %s registered for protocol %s (socket %s): given %d device(s)",
+                 ref.name, ref.version, ref.protocol, ref.address, len(devices))
+        if not request.withData:
+            return dmi.MapperRegisterResponse()
+        return dmi.MapperRegisterResponse(deviceList=[device_to_dmi(d) for d in devices],
+                                          modelList=[model_to_dmi(m) for m in models])
+
+    def _device(self, namespace: str, name: str) -> dict[str, Any]:
+        obj = self.store.get(("devices", namespace or "default", name))
+        if obj is None:
+            raise TwinError(f"device {namespace or 'default'}/{name} is not on this node "
+                            "(deleted, or bound to another node)")
+        return obj
+
+    def _save(self, obj: dict[str, Any], status: dict[str, Any]) -> None:
+        meta = obj["metadata"]
+        previous = obj.get("status") or {}
+        self.meta.report_status("devices", meta.get("namespace", "default"), meta["name"],
+                                status)
+        if self.publish is not None:
+            try:
+                self.publish(meta.get("namespace", "default"), meta["name"], previous, status)
+            except Exception:
+                log.exception("publishing the twin of %s failed", meta["name"])
+
+    def apply_twins(self, namespace: str, name: str, twins: list[dict[str, Any]]) -> None:
+        """Reported twins (from a mapper, or from an app over MQTT) into the device status."""
+        obj = self._device(namespace, name)
+        properties = {p.get("name") for p in obj.get("spec", {}).get("properties") or []}
+        status = merge_twins(obj.get("status") or {}, twins, properties)
+        self._save(obj, status)
+
+    async def ReportDeviceStatus(self, request: dmi.ReportDeviceStatusRequest,
+                                 context: grpc.aio.ServicerContext
+                                 ) -> dmi.ReportDeviceStatusResponse:
+        try:
+            self.apply_twins(request.deviceNamespace, request.deviceName,
+                             [twin_dict(t) for t in request.reportedDevice.twins])
+        except (TwinError, ManifestError) as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except StoreError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        return dmi.ReportDeviceStatusResponse()
+
+    async def ReportDeviceStates(self, request: dmi.ReportDeviceStatesRequest,
+                                 context: grpc.aio.ServicerContext
+                                 ) -> dmi.ReportDeviceStatesResponse:
+        state = request.state.lower()
+        if state not in STATES:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"state {request.state!r}: use one of {', '.join(STATES)}")
+        try:
+            obj = self._device(request.deviceNamespace, request.deviceName)
+            status = {**(obj.get("status") or {}), "state": state}
+            if state in ("online", "ok"):
+                status["lastOnlineTime"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            self._save(obj, status)
+        except TwinError as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except StoreError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        return dmi.ReportDeviceStatesResponse()
+
+    # ------------------------------------------------------------ process
+
+    def _secure_socket(self) -> None:
+        if self.group:
+            try:
+                gid = grp.getgrnam(self.group).gr_gid
+            except KeyError:
+                raise ManifestError(f"modules.deviceTwin.dmiSockGroup: no group named "
+                                    f"{self.group!r} on this machine") from None
+            os.chown(self.sock_path, -1, gid)
+            os.chmod(self.sock_path, 0o660)
+        else:
+            os.chmod(self.sock_path, 0o600)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        self.sock_path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.sock_path.unlink()  # left by a crash
+        server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.max_send_message_length", self.max_message_bytes)])
+        dmi_grpc.add_DeviceManagerServiceServicer_to_server(self, server)
+        old_umask = os.umask(0o177)  # never a moment where others could connect
+        try:
+            server.add_insecure_port(f"unix://{self.sock_path}")
+            await server.start()
+        finally:
+            os.umask(old_umask)
+        self._secure_socket()
+        log.info("DMI server on %s (%d mapper(s) known)", self.sock_path, len(self.mappers))
+        # Mappers known from before a restart get any change made meanwhile.
+        for plural in ("devicemodels", "devices"):
+            for obj in self.store.list(plural):
+                meta = obj["metadata"]
+                self.dirty.add((plural, meta.get("namespace", ""), meta["name"]))
+        self.wake.set()
+        try:
+            await self._pusher(stopping)
+        finally:
+            await server.stop(1.0)
+            for channel in self.channels.values():
+                await channel.close()
+            with contextlib.suppress(FileNotFoundError):
+                self.sock_path.unlink()

@@ -1,0 +1,218 @@
+"""Devices end to end: cloud -> edgecore devicetwin -> modbus-mapper -> pymodbus simulator,
+and twins back to the cloud. Every part is a real process started from its command."""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.modbus import ModbusSim, SerialPair, interleaved, modbus_available
+from tests.support import (
+    Cloud,
+    Daemon,
+    Edge,
+    Env,
+    enable_metaserver,
+    http_json,
+    join,
+    make_cloud,
+    require,
+    wait_for,
+    write_manifests,
+)
+
+CYCLE_MS = 200
+
+
+def model(name: str = "thermometer") -> dict[str, Any]:
+    return {"apiVersion": "devices.kubeedge.io/v1beta1", "kind": "DeviceModel",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"properties": [
+                {"name": "temperature", "type": "FLOAT", "accessMode": "ReadWrite"},
+                {"name": "humidity", "type": "FLOAT", "accessMode": "ReadOnly"},
+                {"name": "alarm", "type": "BOOLEAN", "accessMode": "ReadWrite"},
+                {"name": "door", "type": "BOOLEAN", "accessMode": "ReadOnly"}]}}
+
+
+def prop(name: str, register: str, offset: int, data_type: str, desired: str | None = None,
+         **visitor: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": name, "collectCycle": CYCLE_MS, "reportCycle": CYCLE_MS, "reportToCloud": True,
+        "visitors": {"protocolName": "modbus", "configData": {
+            "register": register, "offset": offset, "dataType": data_type, **visitor}}}
+    if desired is not None:
+        out["desired"] = {"value": desired}
+    return out
+
+
+def device(name: str, node: str, protocol: dict[str, Any], properties: list[dict[str, Any]],
+           model_name: str = "thermometer") -> dict[str, Any]:
+    return {"apiVersion": "devices.kubeedge.io/v1beta1", "kind": "Device",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"deviceModelRef": {"name": model_name}, "nodeName": node,
+                     "protocol": {"protocolName": "modbus", "configData": protocol},
+                     "properties": properties}}
+
+
+def four_properties(temperature_desired: str | None = None) -> list[dict[str, Any]]:
+    return [prop("temperature", "HoldingRegister", 10, "int16", temperature_desired, scale=0.1),
+            prop("humidity", "InputRegister", 20, "float32", isRegisterSwap=True),
+            prop("alarm", "CoilRegister", 5, "boolean"),
+            prop("door", "DiscreteInputRegister", 7, "boolean")]
+
+
+def start_mapper(env: Env, edge: Edge, name: str = "modbus") -> Daemon:
+    config = env.root / f"mapper-{name}.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": name, "protocol": "modbus", "edgecoreSock": str(edge.dir / "dmi.sock"),
+        "socket": str(env.root / f"{name}.sock"), "offlineRetryMax": "1s"}))
+    return env.daemon(f"mapper-{name}", "modbus-mapper", "--config", str(config))
+
+
+def cloud_device(cloud: Cloud, name: str) -> dict[str, Any]:
+    return json.loads(cloud.moorage("get", "device", name, "-o", "json").stdout)
+
+
+def reported(obj: dict[str, Any]) -> dict[str, str]:
+    return {t["propertyName"]: t["reported"]["value"]
+            for t in obj.get("status", {}).get("twins", []) if "reported" in t}
+
+
+def twin(obj: dict[str, Any], prop_name: str) -> dict[str, Any]:
+    return next((t for t in obj.get("status", {}).get("twins", [])
+                 if t["propertyName"] == prop_name), {})
+
+
+def float32_swapped(value: float) -> list[int]:
+    high, low = struct.unpack(">2H", struct.pack(">f", value))
+    return [low, high]
+
+
+def setup(env: Env, tmp: Path, metaserver: bool = False) -> tuple[Cloud, Edge]:
+    cloud = make_cloud(env).start()
+    edge = join(cloud, "edge-dev")
+    if metaserver:
+        enable_metaserver(edge)
+    edge.start()
+    wait_for(lambda: cloud.node_ready("edge-dev"), 20, what="the node to be Ready")
+    return cloud, edge
+
+
+def test_modbus_tcp_device_values_desired_writes_and_offline(env: Env, tmp_path: Path) -> None:
+    reason = modbus_available(serial=False)
+    require(reason is None, reason or "")
+    with ModbusSim.tcp(devices=[1]) as sim:
+        sim.set_holding(1, 10, [215])
+        sim.set_input(1, 20, float32_swapped(40.5))
+        sim.set_coils(1, 5, [True])
+        sim.set_discrete(1, 7, [False])
+        cloud, edge = setup(env, tmp_path)
+        mapper = start_mapper(env, edge)
+        protocol = {"communicateMode": "TCP", "ip": "127.0.0.1", "port": sim.port,
+                    "slaveID": 1, "timeout": 500}
+        manifests = write_manifests(tmp_path / "thermo.yaml", [
+            model(), device("thermo", "edge-dev", protocol, four_properties())])
+        cloud.moorage("apply", "-f", str(manifests))
+
+        # Four register types and data types reach the cloud within a few cycles.
+        wait_for(lambda: reported(cloud_device(cloud, "thermo")) == {
+            "temperature": "21.5", "humidity": "40.5", "alarm": "true", "door": "false"},
+            20, what=lambda: f"values at the cloud: {cloud_device(cloud, 'thermo')}\n"
+                             f"{mapper.log()}\n{edge.log()}")
+        assert cloud_device(cloud, "thermo")["status"]["state"] == "online"
+        yaml_out = cloud.moorage("get", "device", "thermo", "-o", "yaml").stdout
+        assert "propertyName: humidity" in yaml_out
+
+        # A value changed in the device shows up at the cloud.
+        sim.set_input(1, 20, float32_swapped(55.25))
+        wait_for(lambda: reported(cloud_device(cloud, "thermo"))["humidity"] == "55.25", 10)
+
+        # A desired value set at the cloud is written to the register and observed.
+        write_manifests(manifests, [model(), device("thermo", "edge-dev", protocol,
+                                                    four_properties("30.5"))])
+        cloud.moorage("apply", "-f", str(manifests))
+        wait_for(lambda: sim.get_holding(1, 10) == [305], 10,
+                 what=lambda: f"the register write:\n{mapper.log()}")
+        wait_for(lambda: twin(cloud_device(cloud, "thermo"), "temperature").get(
+            "observedDesired", {}).get("value") == "30.5", 10)
+        # The device kept running: no restart for a desired-value change.
+        assert mapper.log().count("device default/thermo started") == 1
+        described = cloud.moorage("describe", "device", "thermo").stdout
+        assert "temperature" in described and "30.5" in described
+
+        # The device stops answering: offline at the cloud; back: online, values flowing.
+        sim.stop()
+        wait_for(lambda: cloud_device(cloud, "thermo")["status"]["state"] == "offline", 15,
+                 what=lambda: f"offline:\n{mapper.log()}")
+        sim.set_input(1, 20, float32_swapped(12.0))
+        sim.start()
+        wait_for(lambda: cloud_device(cloud, "thermo")["status"]["state"] == "online", 15)
+        wait_for(lambda: reported(cloud_device(cloud, "thermo"))["humidity"] == "12", 10)
+        assert "Traceback" not in mapper.log() + edge.log()
+
+
+def test_readings_taken_while_the_cloud_is_down_arrive_after(env: Env, tmp_path: Path) -> None:
+    reason = modbus_available(serial=False)
+    require(reason is None, reason or "")
+    with ModbusSim.tcp(devices=[1]) as sim:
+        sim.set_holding(1, 10, [100])
+        cloud, edge = setup(env, tmp_path, metaserver=True)
+        start_mapper(env, edge)
+        protocol = {"communicateMode": "TCP", "ip": "127.0.0.1", "port": sim.port,
+                    "slaveID": 1, "timeout": 500}
+        cloud.moorage("apply", "-f", str(write_manifests(tmp_path / "d.yaml", [
+            model(), device("thermo", "edge-dev", protocol, four_properties()[:1])])))
+        wait_for(lambda: reported(cloud_device(cloud, "thermo")).get("temperature") == "10", 20)
+
+        def at_edge() -> dict[str, str]:
+            return reported(http_json(
+                edge.metaserver_port,
+                "/apis/devices.kubeedge.io/v1beta1/namespaces/default/devices/thermo"))
+
+        cloud.stop()
+        sim.set_holding(1, 10, [421])
+        wait_for(lambda: at_edge().get("temperature") == "42.1", 10,
+                 what="the edge to store the reading taken while the cloud is down")
+        read_while_down = int(time.time() * 1000)
+        cloud.start()
+        wait_for(lambda: reported(cloud_device(cloud, "thermo")).get("temperature") == "42.1",
+                 20, what=lambda: f"the offline reading at the cloud:\n{edge.log()}")
+        stamp = int(twin(cloud_device(cloud, "thermo"), "temperature")["reported"]
+                    ["metadata"]["timestamp"])
+        assert stamp > 0 and stamp <= read_while_down + 60_000
+
+
+def test_two_rtu_slaves_on_one_pty_polled_without_interleaving(env: Env,
+                                                              tmp_path: Path) -> None:
+    reason = modbus_available(serial=True)
+    require(reason is None, reason or "")
+    pair = SerialPair()
+    with pair, ModbusSim.rtu(pair.a, baudrate=9600, devices=[1, 2], peer=pair.b) as sim:
+        sim.set_holding(1, 0, [111])
+        sim.set_holding(2, 0, [222])
+        sim.set_response_delay(0.01)  # a PTY has no baud rate: answers take time anyway
+        cloud, edge = setup(env, tmp_path)
+        mapper = start_mapper(env, edge)
+        sim.clear_requests()
+        docs: list[dict[str, Any]] = [model("meter")]
+        for slave in (1, 2):
+            protocol = {"communicateMode": "RTU", "serialPort": str(pair.b), "baudRate": 9600,
+                        "slaveID": slave, "timeout": 500}
+            docs.append(device(f"meter-{slave}", "edge-dev", protocol, [
+                prop("temperature", "HoldingRegister", 0, "uint16"),
+                prop("humidity", "HoldingRegister", 1, "uint16")], model_name="meter"))
+        cloud.moorage("apply", "-f", str(write_manifests(tmp_path / "rtu.yaml", docs)))
+        wait_for(lambda: reported(cloud_device(cloud, "meter-1")).get("temperature") == "111"
+                 and reported(cloud_device(cloud, "meter-2")).get("temperature") == "222", 20,
+                 what=lambda: f"both slaves at the cloud:\n{mapper.log()}")
+        sim.set_holding(2, 1, [77])
+        wait_for(lambda: reported(cloud_device(cloud, "meter-2")).get("humidity") == "77", 10)
+        records = sim.requests()
+        assert {r.device_id for r in records} == {1, 2}
+        assert len(records) >= 8
+        assert interleaved(records) == []
