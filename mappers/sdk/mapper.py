@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from mappers.sdk.device import DeviceRunner, Driver
+from mappers.sdk.device import DeviceRunner, Driver, now_ms
 from mappers.sdk.errors import DeviceError, MapperConfigError
 from mappers.sdk.spec import device_spec
 from moorage import __version__, config
@@ -82,6 +82,7 @@ class Mapper(dmi_grpc.DeviceMapperServiceServicer):
         self.stopping = asyncio.Event()
         self.registered = asyncio.Event()
         self.reregister = asyncio.Event()
+        self._broken: set[asyncio.Task[None]] = set()  # keeps report tasks referenced
         self.channel: grpc.aio.Channel | None = None
         self.manager: dmi_grpc.DeviceManagerServiceStub | None = None
 
@@ -95,6 +96,10 @@ class Mapper(dmi_grpc.DeviceMapperServiceServicer):
         except (DeviceError, ConversionError) as exc:
             log.error("device %s/%s cannot run: %s", *key, exc)
             self._stop(key)
+            # Shown at the cloud on every property, so the operator sees why nothing flows.
+            task = asyncio.create_task(self._report_broken(device, str(exc)))
+            self._broken.add(task)
+            task.add_done_callback(self._broken.discard)
             return
         self.devices[key] = device
         running = self.runners.get(key)
@@ -158,6 +163,16 @@ class Mapper(dmi_grpc.DeviceMapperServiceServicer):
     async def _report_state(self, runner: DeviceRunner, state: str) -> None:
         await self._call("ReportDeviceStates", dmi.ReportDeviceStatesRequest(
             deviceName=runner.spec.name, deviceNamespace=runner.spec.namespace, state=state))
+
+    async def _report_broken(self, device: dmi.Device, reason: str) -> None:
+        metadata = {"timestamp": now_ms(), "error": reason}
+        await self._call("ReportDeviceStatus", dmi.ReportDeviceStatusRequest(
+            deviceName=device.name, deviceNamespace=device.namespace,
+            reportedDevice=dmi.DeviceStatus(twins=[
+                dmi.Twin(propertyName=p.name, reported=dmi.TwinProperty(metadata=metadata))
+                for p in device.spec.properties])))
+        await self._call("ReportDeviceStates", dmi.ReportDeviceStatesRequest(
+            deviceName=device.name, deviceNamespace=device.namespace, state="unknown"))
 
     async def _register_forever(self) -> None:
         """Register now, and again whenever edgecore was lost."""

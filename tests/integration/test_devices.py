@@ -206,12 +206,26 @@ def test_two_rtu_slaves_on_one_pty_polled_without_interleaving(env: Env,
             docs.append(device(f"meter-{slave}", "edge-dev", protocol, [
                 prop("temperature", "HoldingRegister", 0, "uint16"),
                 prop("humidity", "HoldingRegister", 1, "uint16")], model_name="meter"))
+        # A property the device does not have: a clear error on its twin, the rest flows.
+        docs[1]["spec"]["properties"].append(prop("missing", "HoldingRegister", 5000, "uint16"))
+        # A device whose settings make no sense: the reason is shown at the cloud.
+        docs.append(device("meter-bad", "edge-dev", {"communicateMode": "RTU",
+                                                     "serialPort": "ttyUSB0"},
+                           [prop("temperature", "HoldingRegister", 0, "int128")],
+                           model_name="meter"))
         cloud.moorage("apply", "-f", str(write_manifests(tmp_path / "rtu.yaml", docs)))
         wait_for(lambda: reported(cloud_device(cloud, "meter-1")).get("temperature") == "111"
                  and reported(cloud_device(cloud, "meter-2")).get("temperature") == "222", 20,
                  what=lambda: f"both slaves at the cloud:\n{mapper.log()}")
         sim.set_holding(2, 1, [77])
         wait_for(lambda: reported(cloud_device(cloud, "meter-2")).get("humidity") == "77", 10)
+        missing = twin(cloud_device(cloud, "meter-1"), "missing")["reported"]["metadata"]
+        assert "illegal data address" in missing["error"]
+        bad = wait_for(lambda: (d := cloud_device(cloud, "meter-bad")).get("status", {}).get(
+            "state") == "unknown" and d, 10)
+        assert "serialPort: an absolute device path" in \
+            twin(bad, "temperature")["reported"]["metadata"]["error"]
+        assert mapper.running and "Traceback" not in mapper.log()
         records = sim.requests()
         assert {r.device_id for r in records} == {1, 2}
         assert len(records) >= 8
