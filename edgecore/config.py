@@ -124,6 +124,20 @@ class DeviceTwin:
     dmi_sock_group: str = ""  # a group whose members' mappers may connect too (mode 0660)
     max_message_bytes: int = 4 * 1024 * 1024
 
+    def validate(self, where: str) -> None:
+        import grp
+
+        if self.dmi_sock_group:
+            try:
+                grp.getgrnam(self.dmi_sock_group)
+            except KeyError:
+                raise ConfigError(f"{where}.dmiSockGroup: no group named "
+                                  f"{self.dmi_sock_group!r} on this machine (create it, or "
+                                  "leave it empty for an owner-only socket)") from None
+        if self.dmi_sock_path and not self.dmi_sock_path.startswith("/"):
+            raise ConfigError(f"{where}.dmiSockPath: an absolute path is required, got "
+                              f"{self.dmi_sock_path!r}")
+
 
 @dataclass
 class EventBusTLS:

@@ -279,13 +279,8 @@ class DeviceTwin(dmi_grpc.DeviceManagerServiceServicer):
     # ------------------------------------------------------------ process
 
     def _secure_socket(self) -> None:
-        if self.group:
-            try:
-                gid = grp.getgrnam(self.group).gr_gid
-            except KeyError:
-                raise ManifestError(f"modules.deviceTwin.dmiSockGroup: no group named "
-                                    f"{self.group!r} on this machine") from None
-            os.chown(self.sock_path, -1, gid)
+        if self.group:  # checked when the config was loaded
+            os.chown(self.sock_path, -1, grp.getgrnam(self.group).gr_gid)
             os.chmod(self.sock_path, 0o660)
         else:
             os.chmod(self.sock_path, 0o600)
