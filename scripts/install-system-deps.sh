@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs the system packages the test suite needs (Debian 12, run as root):
 # containerd (with ctr), runc, busybox-static (the test image's only binary),
-# containernetworking-plugins (CNI, /usr/lib/cni), and socat (a PTY pair is the serial line
-# of the Modbus RTU tests). Starts no service; safe to run again.
-# The tests start their own containerd on their own sockets, so the distribution's
-# containerd service is stopped and disabled if it happens to be running.
+# containernetworking-plugins (CNI, /usr/lib/cni), socat (a PTY pair is the serial line
+# of the Modbus RTU tests), and mosquitto with its clients (the eventbus's MQTT broker).
+# Starts no service; safe to run again.
+# The tests start their own containerd and mosquitto on their own sockets and ports, so the
+# distribution's services are stopped and disabled if they happen to be running.
 set -euo pipefail
 
-PACKAGES=(containerd runc busybox-static containernetworking-plugins socat)
+PACKAGES=(containerd runc busybox-static containernetworking-plugins socat mosquitto
+          mosquitto-clients)
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "install-system-deps.sh: must run as root" >&2
@@ -50,26 +52,30 @@ if [ "${#missing[@]}" -gt 0 ]; then
   trap - EXIT
 fi
 
-# The distribution's containerd service: stop and disable it only if it runs.
+# The distribution's services: stop and disable them only if they run.
 # systemctl may be absent, or present without systemd as PID 1 (containers): then
 # is-active fails and nothing is done.
-if command -v systemctl >/dev/null 2>&1 \
-    && systemctl is-active --quiet containerd.service 2>/dev/null; then
-  echo "stopping and disabling the system containerd.service (tests run their own)"
-  systemctl stop containerd.service || true
-  systemctl disable containerd.service >/dev/null 2>&1 || true
-elif [ -x /etc/init.d/containerd ] && command -v service >/dev/null 2>&1 \
-    && service containerd status >/dev/null 2>&1; then
-  echo "stopping the system containerd service (tests run their own)"
-  service containerd stop || true
-  if command -v update-rc.d >/dev/null 2>&1; then
-    update-rc.d containerd disable >/dev/null 2>&1 || true
+for service in containerd mosquitto; do
+  if command -v systemctl >/dev/null 2>&1 \
+      && systemctl is-active --quiet "$service.service" 2>/dev/null; then
+    echo "stopping and disabling the system $service.service (tests run their own)"
+    systemctl stop "$service.service" || true
+    systemctl disable "$service.service" >/dev/null 2>&1 || true
+  elif [ -x "/etc/init.d/$service" ] && command -v service >/dev/null 2>&1 \
+      && service "$service" status >/dev/null 2>&1; then
+    echo "stopping the system $service service (tests run their own)"
+    service "$service" stop || true
+    if command -v update-rc.d >/dev/null 2>&1; then
+      update-rc.d "$service" disable >/dev/null 2>&1 || true
+    fi
   fi
-fi
+done
 
-for bin in containerd ctr runc containerd-shim-runc-v2 socat; do
+for bin in containerd ctr runc containerd-shim-runc-v2 socat mosquitto mosquitto_pub \
+    mosquitto_sub; do
   command -v "$bin" >/dev/null 2>&1 || { echo "missing after install: $bin" >&2; exit 1; }
 done
 [ -x /bin/busybox ] || { echo "missing after install: /bin/busybox" >&2; exit 1; }
 [ -x /usr/lib/cni/bridge ] || { echo "missing after install: /usr/lib/cni/bridge" >&2; exit 1; }
-echo "system deps ok: $(containerd --version | awk '{print $1, $3}'), $(runc --version | head -1)"
+echo "system deps ok: $(containerd --version | awk '{print $1, $3}'), $(runc --version | head -1)," \
+  "$(mosquitto -h 2>/dev/null | head -1)"
