@@ -148,10 +148,13 @@ def _twin_value(side: Any, timestamp: int) -> dict[str, Any] | None:
         if side.get("value") is None:
             return None
         value = side["value"]
-        stamp = (side.get("metadata") or {}).get("timestamp", timestamp)
+        metadata = side.get("metadata")
+        stamp = metadata.get("timestamp") if isinstance(metadata, Mapping) else None
+        if not isinstance(stamp, int) or isinstance(stamp, bool):
+            stamp = timestamp
     else:  # a bare value
         value, stamp = side, timestamp
-    return {"value": _scalar_text(value, "value"), "metadata": {"timestamp": int(stamp)}}
+    return {"value": _scalar_text(value, "value"), "metadata": {"timestamp": stamp}}
 
 
 def twin(expected: Any = None, actual: Any = None, timestamp: int | None = None
