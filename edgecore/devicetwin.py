@@ -75,6 +75,10 @@ def merge_twins(status: dict[str, Any], twins: list[dict[str, Any]],
     return {**status, "twins": [by_name[name] for name in sorted(by_name)]}
 
 
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def spec_digest(obj: dict[str, Any]) -> str:
     return json.dumps(obj.get("spec"), sort_keys=True)
 
@@ -243,6 +247,8 @@ class DeviceTwin(dmi_grpc.DeviceManagerServiceServicer):
         obj = self._device(namespace, name)
         properties = {p.get("name") for p in obj.get("spec", {}).get("properties") or []}
         status = merge_twins(obj.get("status") or {}, twins, properties)
+        if status.get("state") in ("online", "ok"):
+            status["lastOnlineTime"] = _now()  # last heard from, as in KubeEdge
         self._save(obj, status)
 
     async def ReportDeviceStatus(self, request: dmi.ReportDeviceStatusRequest,
@@ -268,7 +274,7 @@ class DeviceTwin(dmi_grpc.DeviceManagerServiceServicer):
             obj = self._device(request.deviceNamespace, request.deviceName)
             status = {**(obj.get("status") or {}), "state": state}
             if state in ("online", "ok"):
-                status["lastOnlineTime"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                status["lastOnlineTime"] = _now()
             self._save(obj, status)
         except TwinError as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))

@@ -230,3 +230,31 @@ def test_two_rtu_slaves_on_one_pty_polled_without_interleaving(env: Env,
         assert {r.device_id for r in records} == {1, 2}
         assert len(records) >= 8
         assert interleaved(records) == []
+
+
+def test_mapper_and_devices_survive_an_edgecore_restart(env: Env, tmp_path: Path) -> None:
+    reason = modbus_available(serial=False)
+    require(reason is None, reason or "")
+    with ModbusSim.tcp(devices=[1]) as sim:
+        sim.set_holding(1, 10, [100])
+        cloud, edge = setup(env, tmp_path)
+        mapper = start_mapper(env, edge)
+        protocol = {"communicateMode": "TCP", "ip": "127.0.0.1", "port": sim.port,
+                    "slaveID": 1, "timeout": 500}
+        manifests = tmp_path / "d.yaml"
+        write_manifests(manifests, [model(), device("thermo", "edge-dev", protocol,
+                                                    four_properties()[:1])])
+        cloud.moorage("apply", "-f", str(manifests))
+        wait_for(lambda: reported(cloud_device(cloud, "thermo")).get("temperature") == "10", 20)
+        edge.stop()
+        # Changed while edgecore is down: it reaches the device once edgecore is back.
+        write_manifests(manifests, [model(), device("thermo", "edge-dev", protocol,
+                                                    four_properties("33.3")[:1])])
+        cloud.moorage("apply", "-f", str(manifests))
+        edge.start()
+        wait_for(lambda: sim.get_holding(1, 10) == [333], 20,
+                 what=lambda: f"the desired value after the restart:\n{mapper.log()}\n"
+                              f"{edge.log()}")
+        wait_for(lambda: twin(cloud_device(cloud, "thermo"), "temperature").get(
+            "observedDesired", {}).get("value") == "33.3", 15)
+        assert mapper.running and mapper.log().count("device default/thermo started") == 1
