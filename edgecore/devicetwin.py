@@ -75,6 +75,45 @@ def merge_twins(status: dict[str, Any], twins: list[dict[str, Any]],
     return {**status, "twins": [by_name[name] for name in sorted(by_name)]}
 
 
+def _stamp(side: dict[str, Any]) -> int | None:
+    try:
+        return int((side.get("metadata") or {}).get("timestamp"))
+    except (TypeError, ValueError):
+        return None
+
+
+def kubeedge_twins(device: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The device's twins in the shape KubeEdge's MQTT payloads use: per property, the
+    desired value (``expected``) and the reported one (``actual``)."""
+    status = device.get("status") or {}
+    reported = {t.get("propertyName"): t.get("reported") or {}
+                for t in status.get("twins") or [] if isinstance(t, dict)}
+    out: dict[str, dict[str, Any]] = {}
+    for prop in (device.get("spec") or {}).get("properties") or []:
+        name = prop.get("name")
+        twin: dict[str, Any] = {}
+        desired = (prop.get("desired") or {}).get("value")
+        if desired not in (None, ""):
+            twin["expected"] = {"value": desired}
+        actual = reported.get(name) or {}
+        if actual.get("value") not in (None, ""):
+            twin["actual"] = {"value": actual["value"], "metadata": {
+                "timestamp": _stamp(actual)}}
+        out[name] = twin
+    return out
+
+
+def twin_values(twins: dict[str, dict[str, Any]]) -> dict[str, tuple[Any, Any]]:
+    return {name: ((t.get("expected") or {}).get("value"), (t.get("actual") or {}).get("value"))
+            for name, t in twins.items()}
+
+
+def twin_deltas(twins: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Desired values the device does not report yet."""
+    return {name: str(expected) for name, (expected, actual) in twin_values(twins).items()
+            if expected is not None and expected != actual}
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -86,12 +125,11 @@ def spec_digest(obj: dict[str, Any]) -> str:
 class DeviceTwin(dmi_grpc.DeviceManagerServiceServicer):
     def __init__(self, meta: MetaManager, sock_path: Path, group: str = "",
                  max_message_bytes: int = 4 * 1024 * 1024,
-                 publish: Callable[[str, str, dict[str, Any], dict[str, Any]], None]
-                 | None = None) -> None:
+                 publish: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.meta, self.store = meta, meta.store
         self.sock_path, self.group = sock_path, group
         self.max_message_bytes = max_message_bytes
-        # Called with (namespace, name, previous status, new status) after every change.
+        # Called with the device after every change of its spec or status (MQTT twins).
         self.publish = publish
         self.mappers: dict[str, MapperRef] = {}  # by protocol
         self.sent: dict[tuple[str, str], tuple[str, str]] = {}  # device -> (mapper, spec)
@@ -114,6 +152,8 @@ class DeviceTwin(dmi_grpc.DeviceManagerServiceServicer):
             sent = self.sent.get(key[1:])
             if sent is not None and sent[1] == spec_digest(event.obj):
                 return  # a status write, not a spec change
+        if event.kind == "devices" and event.type != "DELETED":
+            self._publish(event.obj)  # new desired values: a delta for apps
         self.dirty.add(key)
         self.wake.set()
 
@@ -233,14 +273,16 @@ class DeviceTwin(dmi_grpc.DeviceManagerServiceServicer):
 
     def _save(self, obj: dict[str, Any], status: dict[str, Any]) -> None:
         meta = obj["metadata"]
-        previous = obj.get("status") or {}
         self.meta.report_status("devices", meta.get("namespace", "default"), meta["name"],
                                 status)
+        self._publish({**obj, "status": status})
+
+    def _publish(self, device: dict[str, Any]) -> None:
         if self.publish is not None:
             try:
-                self.publish(meta.get("namespace", "default"), meta["name"], previous, status)
+                self.publish(device)
             except Exception:
-                log.exception("publishing the twin of %s failed", meta["name"])
+                log.exception("publishing the twin of %s failed", device["metadata"]["name"])
 
     def apply_twins(self, namespace: str, name: str, twins: list[dict[str, Any]]) -> None:
         """Reported twins (from a mapper, or from an app over MQTT) into the device status."""

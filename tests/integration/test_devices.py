@@ -12,11 +12,13 @@ from typing import Any
 import yaml
 
 from tests.modbus import ModbusSim, SerialPair, interleaved, modbus_available
+from tests.mqtt import Mosquitto, require_mosquitto
 from tests.support import (
     Cloud,
     Daemon,
     Edge,
     Env,
+    edit_yaml,
     enable_metaserver,
     http_json,
     join,
@@ -258,3 +260,64 @@ def test_mapper_and_devices_survive_an_edgecore_restart(env: Env, tmp_path: Path
         wait_for(lambda: twin(cloud_device(cloud, "thermo"), "temperature").get(
             "observedDesired", {}).get("value") == "33.3", 15)
         assert mapper.running and mapper.log().count("device default/thermo started") == 1
+
+
+def test_twins_over_mqtt_documents_out_and_app_updates_to_the_cloud(env: Env,
+                                                                    tmp_path: Path) -> None:
+    reason = modbus_available(serial=False)
+    require(reason is None, reason or "")
+    require_mosquitto()
+    with Mosquitto(tmp_path) as broker, ModbusSim.tcp(devices=[1]) as sim:
+        sim.set_holding(1, 10, [215])
+        cloud = make_cloud(env).start()
+        edge = join(cloud, "edge-dev")
+        edit_yaml(edge.config, lambda d: d["modules"].update(eventBus={
+            "enable": True, "mqttServerExternal": broker.url, "reconnectMax": "1s"}))
+        edge.start()
+        # A real MQTT app on the node: mosquitto_sub prints every twin message it gets.
+        subscriber = env.daemon("mosquitto_sub", "/usr/bin/mosquitto_sub", "-h", "127.0.0.1",
+                                "-p", str(broker.port), "-i", "twin-watcher", "-v", "-t",
+                                "$hw/events/device/+/+/twin/update/#")
+        wait_for(lambda: "twin-watcher" in broker.log(), 10, what="the subscriber to connect")
+        start_mapper(env, edge)
+        protocol = {"communicateMode": "TCP", "ip": "127.0.0.1", "port": sim.port,
+                    "slaveID": 1, "timeout": 500}
+        panel = device("panel", "edge-dev", {}, [{"name": "status"}], model_name="panel")
+        panel["spec"]["protocol"]["protocolName"] = "app"  # no mapper: an app reports it
+        cloud.moorage("apply", "-f", str(write_manifests(tmp_path / "d.yaml", [
+            model(), device("thermo", "edge-dev", protocol, four_properties("21.5")[:1]),
+            panel])))
+
+        def documents_for(name: str) -> list[dict[str, Any]]:
+            topic = f"$hw/events/device/default/{name}/twin/update/document "
+            return [json.loads(line[len(topic):]) for line in subscriber.log().splitlines()
+                    if line.startswith(topic)]
+
+        def actual_temperature(document: dict[str, Any]) -> Any:
+            current = document["twin"].get("temperature", {}).get("current") or {}
+            return current.get("actual", {}).get("value")
+
+        wait_for(lambda: any(actual_temperature(d) == "21.5" for d in documents_for("thermo")),
+                 20, what=lambda: f"a twin document:\n{subscriber.log()}\n{edge.log()}")
+        document = documents_for("thermo")[-1]["twin"]["temperature"]["current"]
+        assert document["expected"]["value"] == "21.5"
+
+        def publish(payload: str) -> None:
+            env.run("/usr/bin/mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.port),
+                    "-q", "1", "-t", "$hw/events/device/default/panel/twin/update",
+                    "-m", payload)
+
+        update = json.dumps({"event_id": "e1", "timestamp": 0,
+                             "twin": {"status": {"actual": {"value": "running"}}}})
+
+        def app_status_at_cloud() -> bool:
+            publish(update)  # again until the panel has reached the edge
+            return reported(cloud_device(cloud, "panel")).get("status") == "running"
+
+        # An app sets the panel's reported status over MQTT: it reaches the cloud.
+        wait_for(app_status_at_cloud, 20, interval=0.5,
+                 what=lambda: f"the app's update at the cloud:\n{edge.log()}")
+        # A property the device does not have: refused with a reason on the result topic.
+        publish(json.dumps({"twin": {"nope": {"actual": {"value": "1"}}}}))
+        wait_for(lambda: "no property 'nope'" in subscriber.log(), 10)
+        assert "Traceback" not in edge.log()
