@@ -160,6 +160,9 @@ class DeviceRunner:
         return wrote
 
     async def run(self, stopping: asyncio.Event) -> None:
+        if not self.spec.properties:
+            await stopping.wait()  # nothing to read: the device only exists at the cloud
+            return
         schedule = Schedule(self.spec.properties, time.monotonic())
         delays = None
         while not stopping.is_set():
