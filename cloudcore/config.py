@@ -85,10 +85,57 @@ class AdminAPI:
         _port(self.port, f"{where}.port")
 
 
+def _loopback(address: str, allow_other: bool, where: str) -> None:
+    import ipaddress
+
+    try:
+        loopback = address == "localhost" or ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        raise ConfigError(f"{where}.address: expected an IP address, got {address!r}") from None
+    if not loopback and not allow_other:
+        raise ConfigError(f"{where}.address: {address} is not a loopback address; this "
+                          "endpoint has no authentication, so it listens on 127.0.0.1 only "
+                          "(set insecureAllowNonLoopback: true to override)")
+
+
+@dataclass
+class Metrics:
+    """Prometheus metrics and health endpoints (/metrics, /healthz, /readyz)."""
+
+    enable: bool = True
+    address: str = "127.0.0.1"
+    port: int = 9091  # KubeEdge's cloudcore metrics port
+    insecure_allow_non_loopback: bool = False
+
+    def validate(self, where: str) -> None:
+        _port(self.port, f"{where}.port")
+        _loopback(self.address, self.insecure_allow_non_loopback, where)
+
+
+@dataclass
+class ServiceBus:
+    """Node proxy (cloud -> edge apps) and edge apps' requests to cloud URLs."""
+
+    # Edge apps may ask the cloud to call only URLs that start with one of these.
+    target_url_allowlist: list[str] = key("targetURLAllowlist", default_factory=list)  # noqa: RUF009
+    timeout: float = duration(60.0)
+    max_body_bytes: int = 5 * 1024 * 1024
+
+    def validate(self, where: str) -> None:
+        for url in self.target_url_allowlist:
+            if not url.startswith(("http://", "https://")) or url.count("/") < 3:
+                raise ConfigError(f"{where}.targetURLAllowlist: {url!r} must be a URL prefix "
+                                  "with scheme, host and a path, e.g. https://api.example.com/v1/")
+        if not 1024 <= self.max_body_bytes <= 64 * 1024 * 1024:
+            raise ConfigError(f"{where}.maxBodyBytes: expected 1 KiB to 64 MiB")
+
+
 @dataclass
 class Modules:
     cloud_hub: CloudHub = field(default_factory=CloudHub)
     admin: AdminAPI = field(default_factory=AdminAPI)
+    metrics: Metrics = field(default_factory=Metrics)
+    service_bus: ServiceBus = field(default_factory=ServiceBus)
 
 
 @dataclass

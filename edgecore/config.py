@@ -83,19 +83,19 @@ class Edged:
             raise ConfigError(f"{where}.hostnameOverride: required (the node name)")
 
 
-def check_address(server: str, allow_non_loopback: bool) -> tuple[str, int]:
+def check_address(server: str, allow_non_loopback: bool,
+                  where: str = "modules.metaManager.metaServer.server") -> tuple[str, int]:
     host, _, port = server.rpartition(":")
     host = host.strip("[]")
     try:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
         number = int(port)
     except ValueError:
-        raise ConfigError(f"modules.metaManager.metaServer.server: expected IP:PORT, got "
-                          f"{server!r}") from None
+        raise ConfigError(f"{where}: expected IP:PORT, got {server!r}") from None
     if not loopback and not allow_non_loopback:
         raise ConfigError(
-            f"modules.metaManager.metaServer.server: {host} is not a loopback address; the "
-            "MetaServer has no authentication, so it listens on 127.0.0.1 only (set "
+            f"{where}: {host} is not a loopback address; this endpoint has no "
+            "authentication, so it listens on 127.0.0.1 only (set "
             "insecureAllowNonLoopback: true to override)")
     return host, number
 
@@ -170,12 +170,45 @@ class EventBus:
 
 
 @dataclass
+class ServiceBus:
+    """A localhost HTTP bridge: cloud -> apps on this node, and apps -> allowlisted cloud URLs."""
+
+    enable: bool = False
+    server: str = "127.0.0.1"
+    port: int = 9060
+    timeout: float = duration(60.0)
+    max_body_bytes: int = 5 * 1024 * 1024
+    insecure_allow_non_loopback: bool = False
+
+    def validate(self, where: str) -> None:
+        check_address(f"{self.server}:{self.port}", self.insecure_allow_non_loopback,
+                      f"{where}.server")
+        if not 1024 <= self.max_body_bytes <= 64 * 1024 * 1024:
+            raise ConfigError(f"{where}.maxBodyBytes: expected 1 KiB to 64 MiB")
+
+
+@dataclass
+class Metrics:
+    """Prometheus metrics and /healthz, /readyz on a loopback port; off by default."""
+
+    enable: bool = False
+    server: str = "127.0.0.1:9092"
+    insecure_allow_non_loopback: bool = False
+
+    def validate(self, where: str) -> None:
+        _host_port(self.server, f"{where}.server")
+        check_address(self.server, self.insecure_allow_non_loopback, f"{where}.server")
+
+
+@dataclass
 class Modules:
     edge_hub: EdgeHub = field(default_factory=EdgeHub)
     edged: Edged = field(default_factory=Edged)
     meta_manager: MetaManager = field(default_factory=MetaManager)
     device_twin: DeviceTwin = field(default_factory=DeviceTwin)
     event_bus: EventBus = field(default_factory=EventBus)
+    service_bus: ServiceBus = field(default_factory=ServiceBus)
+    metrics: Metrics = field(default_factory=Metrics)
 
 
 @dataclass
