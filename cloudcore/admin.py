@@ -18,6 +18,7 @@ from cloudcore.hub import Hub, NodeUnavailable
 from cloudcore.identity import from_transport
 from cloudcore.nodes import NodeRegistry
 from cloudcore.objects import Conflict, NotFound, ObjectStore
+from cloudcore.servicebus import ServiceBus, parse_proxy_path
 from moorage import __version__, envelope, kubeapi
 from moorage.durations import parse_seconds
 from moorage.errors import ConfigError, ManifestError
@@ -47,8 +48,10 @@ class AdminAPI:
     def __init__(self, store: ObjectStore, registry: NodeRegistry, hub: Hub, token_key: bytes,
                  ca_hash: str, default_token_ttl: float,
                  on_node_deleted: Callable[[str], Awaitable[None]] | None = None,
-                 synced: SyncLookup = lambda node, key: "<unknown>") -> None:
+                 synced: SyncLookup = lambda node, key: "<unknown>",
+                 servicebus: ServiceBus | None = None) -> None:
         self.store, self.registry, self.hub = store, registry, hub
+        self.servicebus = servicebus
         self.token_key, self.ca_hash, self.default_token_ttl = token_key, ca_hash, default_token_ttl
         self.on_node_deleted, self.synced = on_node_deleted, synced
 
@@ -290,11 +293,18 @@ class AdminAPI:
         return web.Response(status=code, text=body)
 
     async def proxy_node(self, request: web.Request) -> web.Response:
-        """Kubernetes' node proxy; this slice answers edgecore's own endpoints (healthz)."""
-        name, path = request.match_info["name"], request.match_info["path"]
+        """Kubernetes' node proxy: ``{port}/{path}`` (or ``nodes/{name}:{port}``) reaches an
+        app on the node through the ServiceBus; other paths are edgecore's own (healthz)."""
+        name, port, path = parse_proxy_path(request.match_info["name"],
+                                            request.match_info["path"])
         if self.registry.get(name) is None:
             return not_found("nodes", name)
-        return await self._ask_node(name, path, {"method": request.method})
+        if port is None:
+            return await self._ask_node(name, path, {"method": request.method})
+        if not 0 < port < 65536 or self.servicebus is None:
+            return status_body(400, "BadRequest", "expected /api/v1/nodes/{node}/proxy/"
+                                                  "{port}/{path} with a port 1-65535")
+        return await self.servicebus.proxy(request, name, port, path)
 
     async def create_token(self, request: web.Request) -> web.Response:
         try:

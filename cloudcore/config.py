@@ -46,7 +46,7 @@ class CloudHub:
     # Liveness: a node is NotReady when nothing was heard from it for this long.
     node_grace_period: float = duration(40.0)
     keepalive_interval: float = duration(15.0)
-    max_message_bytes: int = 4 * 1024 * 1024
+    max_message_bytes: int = 8 * 1024 * 1024  # a 5 MB ServiceBus body, base64, fits
     handshake_timeout: float = duration(30.0)
     # Enrollment endpoint: requests per minute per client address, and in total.
     enroll_rate_per_client: int = 60

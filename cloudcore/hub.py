@@ -14,6 +14,7 @@ import contextlib
 import logging
 import ssl
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -70,11 +71,16 @@ class Hub:
         # Cloud-to-edge requests awaiting the edge's response, per node, by msg_id.
         self.pending: dict[str, dict[str, tuple[Message, asyncio.Future[Message]]]] = {}
         self.server: Server | None = None
+        # Connections refused at admission, by reason (cloudcore_handshake_failures_total).
+        self.refusals: Counter[str] = Counter()
         # Hooks for the desired-state dispatcher (set by cloudcore.main).
         self.on_connect: Callable[[str], Awaitable[None]] | None = None
         self.on_disconnect: Callable[[str, bool], None] | None = None
         self.on_ack: Callable[[str, Message], Awaitable[None]] | None = None
         self.on_report: Callable[[str, str, str, str, Message], Awaitable[None]] | None = None
+        # An edge app's HTTP request through the ServiceBus: answered off the reading loop.
+        self.on_servicebus: Callable[[str, Message], Awaitable[Message]] | None = None
+        self._answering: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         s = self.settings
@@ -110,7 +116,9 @@ class Hub:
 
     # ------------------------------------------------------------ admission
 
-    def _refuse(self, connection: ServerConnection, status: HTTPStatus, why: str) -> Response:
+    def _refuse(self, connection: ServerConnection, status: HTTPStatus, why: str,
+                reason: str) -> Response:
+        self.refusals[reason] += 1
         peer = connection.remote_address
         where = f"{peer[0]}:{peer[1]}" if peer else "?"
         log.warning("connection from %s refused (%d): %s", where, status.value, why)
@@ -124,23 +132,24 @@ class Hub:
             return self._refuse(connection, HTTPStatus.FORBIDDEN,
                                 f"certificate {cn!r} is not a node certificate "
                                 "(CN system:node:<name>, O system:nodes): enroll with "
-                                "`moorage join`")
+                                "`moorage join`", "identity")
         node = identity.node_name
         if identity.serial in self.revoked:
             return self._refuse(connection, HTTPStatus.FORBIDDEN,
                                 f"node {node}: certificate {identity.serial} has been revoked; "
-                                "enroll again with `moorage join --force` and a fresh token")
+                                "enroll again with `moorage join --force` and a fresh token",
+                                "revoked")
         parts = request.path.split("?", 1)[0].strip("/").split("/")
         if len(parts) != 3 or parts[2] != "events":
             return self._refuse(connection, HTTPStatus.NOT_FOUND,
                                 f"node {node}: unknown path {request.path!r}; "
-                                "expected /<projectID>/<node>/events")
+                                "expected /<projectID>/<node>/events", "other")
         header_node = request.headers.get("node_id")
         if parts[1] != node or (header_node and header_node != node):
             named = parts[1] if parts[1] != node else header_node
             return self._refuse(connection, HTTPStatus.FORBIDDEN,
                                 f"the certificate is for node {node!r} but the request names "
-                                f"node {named!r}")
+                                f"node {named!r}", "identity")
         now = time.monotonic()
         for name, since in list(self.admitting.items()):
             if now - since > self.settings.handshake_timeout:
@@ -149,7 +158,8 @@ class Hub:
                 len(self.sessions) + len(self.admitting) >= self.settings.node_limit:
             return self._refuse(connection, HTTPStatus.SERVICE_UNAVAILABLE,
                                 f"node {node}: the node limit of {self.settings.node_limit} "
-                                "connected nodes is reached (modules.cloudHub.nodeLimit)")
+                                "connected nodes is reached (modules.cloudHub.nodeLimit)",
+                                "node_limit")
         self.admitting[node] = now
         return None
 
@@ -239,6 +249,12 @@ class Hub:
             elif self.on_ack is not None:
                 await self.on_ack(node, message)
             return
+        if message.source == "servicebus" and message.operation == envelope.QUERY and \
+                self.on_servicebus is not None:
+            task = asyncio.create_task(self._answer_later(node, message, self.on_servicebus))
+            self._answering.add(task)
+            task.add_done_callback(self._answering.discard)
+            return
         try:
             reply = await self._apply(node, message)
         except PermissionError as exc:
@@ -248,6 +264,18 @@ class Hub:
             log.warning("node %s: invalid message: %s", node, exc)
             reply = message.reply(str(exc), source="cloudhub", operation=envelope.ERROR)
         await self._send(session, reply)  # after the commit: this is the ack
+
+    async def _answer_later(self, node: str, message: Message,
+                            handler: Callable[[str, Message], Awaitable[Message]]) -> None:
+        try:
+            reply = await handler(node, message)
+        except Exception as exc:  # a bug must not leave the edge app waiting
+            log.exception("node %s: answering %s failed", node, message.resource)
+            reply = message.reply(f"cloudcore failed: {exc}", source="cloudhub",
+                                  operation=envelope.ERROR)
+        session = self.sessions.get(node)  # the current one: the asking one may be gone
+        if session is not None:
+            await self._send(session, reply)
 
     async def _apply(self, node: str, message: Message) -> Message:
         """Upstream messages about resources: ``<namespace>/<type>/<name>``."""

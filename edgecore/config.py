@@ -47,7 +47,7 @@ class EdgeHub:
     websocket: WebSocketClient = field(default_factory=WebSocketClient)
     reconnect_base: float = duration(1.0)
     reconnect_max: float = duration(30.0)
-    max_message_bytes: int = 4 * 1024 * 1024
+    max_message_bytes: int = 8 * 1024 * 1024  # a 5 MB ServiceBus body, base64, fits
 
     def validate(self, where: str) -> None:
         for name, value in (("tlsCaFile", self.tls_ca_file), ("tlsCertFile", self.tls_cert_file),

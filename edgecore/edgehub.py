@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -43,6 +43,10 @@ class EdgeHub:
         # Cloud queries by the first path segment (node proxy and logs): (path, args) ->
         # (HTTP status, body).
         self.queries: dict[str, Callable[[str, dict[str, Any]], tuple[int, str]]] = {}
+        # Queries answered asynchronously, off the reading loop (the ServiceBus's calls to
+        # local apps): resource node/<node>/<name> -> handler(content) -> answer content.
+        self.async_queries: dict[str, Callable[[Any], Awaitable[Any]]] = {}
+        self._answering: set[asyncio.Task[None]] = set()
         self.outbox_wake = asyncio.Event()
         meta.changed = self.outbox_wake.set
         self.preflight = preflight  # raises CertError when our certificate cannot work
@@ -249,6 +253,14 @@ class EdgeHub:
                 envelope.INSERT, envelope.UPDATE, envelope.DELETE):
             reply = self.meta.handle(message)  # committed before this returns
         elif message.operation == envelope.QUERY and message.resource.startswith(
+                f"node/{self.node_name}/") and message.resource.split("/", 2)[2] \
+                in self.async_queries:
+            handler = self.async_queries[message.resource.split("/", 2)[2]]
+            task = asyncio.create_task(self._answer_later(ws, message, handler))
+            self._answering.add(task)
+            task.add_done_callback(self._answering.discard)
+            return
+        elif message.operation == envelope.QUERY and message.resource.startswith(
                 f"node/{self.node_name}/"):
             path = message.resource.split("/", 2)[2]
             content = message.content if isinstance(message.content, dict) else {}
@@ -263,6 +275,20 @@ class EdgeHub:
         else:
             reply = message.reply(f"unsupported: {message.operation} {message.resource}",
                                   source="edgehub", operation=envelope.ERROR)
+        await self._answer(ws, reply)
+
+    async def _answer_later(self, ws: ClientConnection, message: Message,
+                            handler: Callable[[Any], Awaitable[Any]]) -> None:
+        try:
+            content = await handler(message.content)
+        except Exception as exc:  # a bug in a handler must not leave the cloud waiting
+            log.exception("answering %s failed", message.resource)
+            await self._answer(ws, message.reply(f"edgecore failed: {exc}", source="edgehub",
+                                                 operation=envelope.ERROR))
+            return
+        await self._answer(ws, message.reply(content, source="edgehub"))
+
+    async def _answer(self, ws: ClientConnection, reply: Message) -> None:
         # Answer on the current connection: after a rotation the one the query came on
         # may already be closing.
         if not await self.send(reply):

@@ -295,6 +295,33 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_call(args: argparse.Namespace) -> int:
+    """An HTTP request to an app on a node, through the cloud and the node's ServiceBus."""
+    from urllib.parse import quote
+
+    if not 0 < args.port < 65536:
+        raise ConfigError(f"PORT: expected 1-65535, got {args.port}")
+    data = None if args.data is None else Path(args.data[1:]).read_bytes() \
+        if args.data.startswith("@") else args.data.encode()
+    method = (args.request or ("POST" if data is not None else "GET")).upper()
+    path = quote(args.path.lstrip("/"), safe="/?&=%:+,;@-._~")
+    status, headers, body = _client(args).raw(
+        method, f"/api/v1/nodes/{quote(args.node, safe='')}/proxy/{args.port}/{path}", data,
+        args.content_type)
+    if args.include:
+        print(f"HTTP {status}")
+        for name, value in headers:
+            print(f"{name}: {value}")
+        print()
+    if status >= 400 and not args.include:
+        sys.stderr.write(f"moorage call: HTTP {status}: "
+                         f"{body.decode('utf-8', 'replace').strip()[:2000]}\n")
+        return 1
+    sys.stdout.buffer.write(body)
+    sys.stdout.flush()
+    return 0 if status < 400 else 1
+
+
 def cmd_describe(args: argparse.Namespace) -> int:
     kind = resources.lookup(args.kind)
     obj = _client(args).request("GET", kind.object_path(args.name, _namespace(args, kind)))
@@ -468,6 +495,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--namespace")
     p.add_argument("--tail", type=int)
     p.set_defaults(func=cmd_logs)
+
+    p = cloud(sub.add_parser("call", help="an HTTP request to an app on a node (ServiceBus)"))
+    p.add_argument("node")
+    p.add_argument("port", type=int)
+    p.add_argument("path", help="the path on the app, with any query: /status?verbose=1")
+    p.add_argument("-X", "--request", help="the method (default GET, or POST with -d)")
+    p.add_argument("-d", "--data", help="the request body, or @FILE")
+    p.add_argument("-H", "--content-type", default="application/octet-stream")
+    p.add_argument("-i", "--include", action="store_true", help="print status and headers")
+    p.set_defaults(func=cmd_call)
 
     p = cloud(sub.add_parser("describe", help="show one resource in detail"))
     p.add_argument("kind")

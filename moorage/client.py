@@ -42,7 +42,8 @@ class AdminClient:
 
     def _send(self, method: str, path: str, body: Any, accept: str,
               content_type: str) -> http.client.HTTPResponse:
-        payload = json.dumps(body).encode() if body is not None else None
+        payload = body if isinstance(body, bytes) else \
+            json.dumps(body).encode() if body is not None else None
         headers = {"Accept": accept}
         if payload is not None:
             headers["Content-Type"] = content_type
@@ -77,6 +78,16 @@ class AdminClient:
                 data.decode("utf-8", "replace")[:300]
             raise APIError(response.status, str(message))
         return decoded if decoded is not None else data.decode("utf-8", "replace")
+
+    def raw(self, method: str, path: str, body: bytes | None = None,
+            content_type: str = "application/octet-stream"
+            ) -> tuple[int, list[tuple[str, str]], bytes]:
+        """Any method on any path; the answer as it is (status, headers, body)."""
+        response = self._send(method, path, body, "*/*", content_type)
+        data = response.read(MAX_RESPONSE_BYTES + 1)
+        if len(data) > MAX_RESPONSE_BYTES:
+            raise APIError(502, f"the answer is larger than {MAX_RESPONSE_BYTES} bytes")
+        return response.status, response.getheaders(), data
 
     def watch(self, path: str, accept: str = TABLE) -> Iterator[dict[str, Any]]:
         """Newline-delimited watch events, until the server ends the stream."""
