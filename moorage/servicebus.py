@@ -59,9 +59,12 @@ def _body(value: Any, where: str, max_bytes: int) -> bytes:
     if not isinstance(value, str) or len(value) > (max_bytes + 2) // 3 * 4 + 4:
         raise ProtocolError(f"{where}: the body is larger than {max_bytes} bytes")
     try:
-        return base64.b64decode(value, validate=True)
+        body = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise ProtocolError(f"{where}: not base64") from None
+    if len(body) > max_bytes:
+        raise ProtocolError(f"{where}: the body is larger than {max_bytes} bytes")
+    return body
 
 
 @dataclass(frozen=True)
