@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from cloudcore.hub import Hub
@@ -52,6 +53,10 @@ class Dispatcher:
         self.dirty: set[str] = set()
         self.awaiting: set[str] = set()
         self.wake = asyncio.Event()
+        # Messages put on the wire (resends included), resends, and acks: for metrics.
+        self.sent = self.resent = self.acks = 0
+        # Called with (node, message) when a node acknowledged a message (metrics).
+        self.on_delivered: Callable[[str, Outgoing], None] | None = None
         store.listeners.append(self.on_change)
 
     async def load(self) -> None:
@@ -155,6 +160,9 @@ class Dispatcher:
             return
         done = sync.on_ack(message.parent_msg_id)
         if done is not None:
+            self.acks += 1
+            if self.on_delivered is not None:
+                self.on_delivered(node, done)
             if done.resource_version is None:
                 self.holders.get(done.key, set()).discard(node)
             else:
@@ -220,8 +228,11 @@ class Dispatcher:
                 sync = self.syncs.get(node)
                 if sync is None or node not in self.hub.sessions:
                     continue
-                batch = sync.due(now) + sync.take(now, self.target(node))
+                due = sync.due(now)
+                self.resent += len(due)
+                batch = due + sync.take(now, self.target(node))
                 if sync.inflight:
                     self.awaiting.add(node)
                 for out in batch:
-                    await self.hub.send_to(node, envelope.encode(self._message(out, node)))
+                    if await self.hub.send_to(node, envelope.encode(self._message(out, node))):
+                        self.sent += 1

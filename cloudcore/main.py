@@ -15,6 +15,7 @@ from pathlib import Path
 from certs import CertError, pki
 from certs.tls import load_chain, server_context
 from cloudcore import config as cloud_config
+from cloudcore import metrics as cloud_metrics
 from cloudcore.admin import AdminAPI, start_site
 from cloudcore.authority import Authority
 from cloudcore.config import CloudCoreConfig
@@ -108,6 +109,9 @@ class CloudCore:
         loop.add_signal_handler(signal.SIGHUP, self.reload_certificates)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
+        metrics_runner = await cloud_metrics.start(self)  # None: off, or its port is taken
+        if metrics_runner is not None:
+            self.runners.append(metrics_runner)
         if hub_cfg.websocket.enable:
             await self.hub.start()
             log.info("hub listening on wss://%s:%d", hub_cfg.websocket.address,

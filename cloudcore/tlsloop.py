@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from asyncio import sslproto
+from collections import Counter
 from typing import Any
 
 from certs.tls import describe_tls_error
@@ -40,14 +42,42 @@ class _SmallBufferSSLProtocol(sslproto.SSLProtocol):
             else:
                 log.warning("TLS handshake refused from %s: %s", where,
                             describe_tls_error(handshake_exc))
+                self._count(handshake_failure_reason(handshake_exc))
             # Send OpenSSL's alert before closing, so the client learns why (the stock
             # protocol aborts with the alert still queued, and clients see a bare EOF).
             with contextlib.suppress(Exception):
                 self._process_outgoing()
         super()._on_handshake_complete(handshake_exc)
 
+    def _check_handshake_timeout(self) -> None:
+        if self._state == sslproto.SSLProtocolState.DO_HANDSHAKE and self._server_side:
+            self._count("timeout")
+        super()._check_handshake_timeout()
+
+    def _count(self, reason: str) -> None:
+        failures = getattr(self._loop, "handshake_failures", None)
+        if failures is not None:
+            failures[reason] += 1
+
+
+def handshake_failure_reason(exc: BaseException | type[BaseException]) -> str:
+    """The metrics label of a refused TLS handshake: ``certificate``, ``tls`` or ``other``."""
+    if isinstance(exc, type):
+        return "other"
+    text = f"{getattr(exc, 'reason', None) or ''} {exc}".upper()
+    if "CERT" in text or "UNKNOWN_CA" in text:
+        return "certificate"  # missing, expired, from another CA, rejected by the peer
+    return "tls" if isinstance(exc, ssl.SSLError) else "other"
+
 
 class HubEventLoop(asyncio.SelectorEventLoop):
+    def __init__(self) -> None:
+        super().__init__()
+        # Refused TLS handshakes by reason (``handshake_failure_reason`` or ``timeout``),
+        # for cloudcore_handshake_failures_total. Connections closed before a handshake
+        # began (port probes, health checks) are not counted.
+        self.handshake_failures: Counter[str] = Counter()
+
     def _make_ssl_transport(  # type: ignore[override]
         self, rawsock: Any, protocol: Any, sslcontext: Any, waiter: Any = None, *,
         server_side: bool = False, server_hostname: str | None = None, extra: Any = None,

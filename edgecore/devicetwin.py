@@ -16,6 +16,7 @@ import grp
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -114,6 +115,14 @@ def twin_deltas(twins: dict[str, dict[str, Any]]) -> dict[str, str]:
             if expected is not None and expected != actual}
 
 
+def reading_outcomes(twins: list[dict[str, Any]]) -> tuple[int, int]:
+    """(good reads, failed reads) among reported twins: a reported value whose metadata
+    carries an ``error`` is a failed read (pure)."""
+    reported = [t["reported"] for t in twins if isinstance(t.get("reported"), dict)]
+    failed = sum(1 for r in reported if (r.get("metadata") or {}).get("error"))
+    return len(reported) - failed, failed
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -136,6 +145,9 @@ class DeviceTwin(dmi_grpc.DeviceManagerServiceServicer):
         self.dirty: set[tuple[str, str, str]] = set()  # (plural, namespace, name)
         self.wake = asyncio.Event()
         self.channels: dict[str, grpc.aio.Channel] = {}
+        # Readings mappers reported, per device (namespace, name): edgecore_device_reads_total.
+        self.reads: Counter[tuple[str, str]] = Counter()
+        self.read_errors: Counter[tuple[str, str]] = Counter()
         for raw in self.store.state_items("mapper/"):
             ref = MapperRef(**json.loads(raw))
             self.mappers[ref.protocol] = ref
@@ -148,6 +160,9 @@ class DeviceTwin(dmi_grpc.DeviceManagerServiceServicer):
             return
         meta = event.obj.get("metadata", {})
         key = (event.kind, meta.get("namespace", ""), meta.get("name", ""))
+        if event.kind == "devices" and event.type == "DELETED":
+            for counts in (self.reads, self.read_errors):
+                counts.pop((key[1] or "default", key[2]), None)
         if event.kind == "devices" and event.type == "MODIFIED":
             sent = self.sent.get(key[1:])
             if sent is not None and sent[1] == spec_digest(event.obj):
@@ -297,12 +312,16 @@ class DeviceTwin(dmi_grpc.DeviceManagerServiceServicer):
                                  context: grpc.aio.ServicerContext
                                  ) -> dmi.ReportDeviceStatusResponse:
         try:
-            self.apply_twins(request.deviceNamespace, request.deviceName,
-                             [twin_dict(t) for t in request.reportedDevice.twins])
+            twins = [twin_dict(t) for t in request.reportedDevice.twins]
+            self.apply_twins(request.deviceNamespace, request.deviceName, twins)
         except (TwinError, ManifestError) as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except StoreError as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        good, failed = reading_outcomes(twins)
+        device = (request.deviceNamespace or "default", request.deviceName)
+        self.reads[device] += good
+        self.read_errors[device] += failed
         return dmi.ReportDeviceStatusResponse()
 
     async def ReportDeviceStates(self, request: dmi.ReportDeviceStatesRequest,

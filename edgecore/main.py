@@ -154,6 +154,11 @@ class EdgeCore:
             await web.TCPSite(runner, host, port, reuse_address=True).start()
             log.info("MetaServer on http://%s:%d serving %d object(s) from the local store",
                      host, port, len(self.store.keys()))
+        metrics_runner = None
+        if self.cfg.modules.metrics.enable:
+            from edgecore import metrics  # only when enabled: aiohttp, prometheus_client
+
+            metrics_runner = await metrics.start(self)
         tasks = [asyncio.create_task(self.hub.run(self.stopping))]
         edged_cfg = self.cfg.modules.edged
         if edged_cfg.enable:
@@ -193,6 +198,8 @@ class EdgeCore:
         await asyncio.gather(*tasks, return_exceptions=True)
         if runner is not None:
             await runner.cleanup()
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
         self.store.close()
 
 

@@ -162,6 +162,13 @@ class EdgeStore:
                                    "ORDER BY name", (kind, namespace))
         return [json.loads(row[0]) for row in rows]
 
+    def pod_phases(self) -> dict[str, int]:
+        """How many pods have each ``status.phase`` ("" for a pod with no status yet)."""
+        rows = self.db.execute(
+            "SELECT COALESCE(json_extract(body, '$.status.phase'), ''), COUNT(*) FROM meta "
+            "WHERE kind='pods' GROUP BY 1")
+        return {str(phase): int(count) for phase, count in rows}
+
     def keys(self) -> dict[Key, int]:
         return {(k, ns, n): rv for k, ns, n, rv in self.db.execute(
             "SELECT kind, namespace, name, resource_version FROM meta")}
