@@ -25,7 +25,7 @@ from cloudcore.hub import Hub, HubSettings
 from cloudcore.nodes import NodeRegistry
 from cloudcore.objects import ObjectStore, open_store, sqlite_url
 from cloudcore.tlsloop import HubEventLoop
-from moorage import __version__, logs
+from moorage import __version__, logs, sdnotify
 from moorage.errors import MoorageError
 
 log = logging.getLogger("cloudcore")
@@ -127,10 +127,13 @@ class CloudCore:
                                                  admin_cfg.port, self.contexts[2]))
             log.info("admin API on https://%s:%d", admin_cfg.address, admin_cfg.port)
         log.info("cloudcore %s ready", __version__)
+        sdnotify.ready(f"cloudcore {__version__} serving")  # every listener above accepts
         tasks = [asyncio.create_task(self._monitor()),
-                 asyncio.create_task(self.dispatcher.run(self.stopping))]
+                 asyncio.create_task(self.dispatcher.run(self.stopping)),
+                 asyncio.create_task(sdnotify.watchdog(self.stopping))]
         await self.stopping.wait()
         log.info("cloudcore stopping")
+        sdnotify.stopping()
         await asyncio.gather(*tasks)
         await self.hub.stop()
         for runner in self.runners:

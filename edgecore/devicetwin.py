@@ -144,6 +144,7 @@ class DeviceTwin(dmi_grpc.DeviceManagerServiceServicer):
         self.sent: dict[tuple[str, str], tuple[str, str]] = {}  # device -> (mapper, spec)
         self.dirty: set[tuple[str, str, str]] = set()  # (plural, namespace, name)
         self.wake = asyncio.Event()
+        self.serving = asyncio.Event()  # set once the DMI socket accepts mappers
         self.channels: dict[str, grpc.aio.Channel] = {}
         # Readings mappers reported, per device (namespace, name): edgecore_device_reads_total.
         self.reads: Counter[tuple[str, str]] = Counter()
@@ -367,6 +368,7 @@ class DeviceTwin(dmi_grpc.DeviceManagerServiceServicer):
         finally:
             os.umask(old_umask)
         self._secure_socket()
+        self.serving.set()
         log.info("DMI server on %s (%d mapper(s) known)", self.sock_path, len(self.mappers))
         # Mappers known from before a restart get any change made meanwhile.
         for plural in ("devicemodels", "devices"):

@@ -21,7 +21,7 @@ from edgecore.edgehub import EdgeHub
 from edgecore.metamanager import MetaManager
 from edgecore.nodeinfo import node_object
 from edgecore.store import EdgeStore
-from moorage import __version__, logs
+from moorage import __version__, logs, sdnotify
 from moorage.enroll import Endpoint
 from moorage.errors import ConfigError, MoorageError
 
@@ -136,6 +136,14 @@ class EdgeCore:
             node["status"]["conditions"] = edged.node_conditions()
         return node
 
+    async def _ready(self) -> None:
+        """systemd's READY=1 once the local servers serve: the cloud may well be away."""
+        twin = getattr(self, "devicetwin", None)
+        if twin is not None:
+            await twin.serving.wait()  # never set if the DMI server fails: no READY
+        sdnotify.ready(f"node {self.cfg.node_name} serving from its local store")
+        await sdnotify.watchdog(self.stopping)
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -193,8 +201,11 @@ class EdgeCore:
             tasks.append(asyncio.create_task(self.devicetwin.run(self.stopping)))
         if self.cfg.modules.edge_hub.rotate_certificates:
             tasks.append(asyncio.create_task(self.certs.run(self.hub.switch, self.stopping)))
+        ready = asyncio.create_task(self._ready())
         await self.stopping.wait()
         log.info("edgecore stopping")
+        sdnotify.stopping()
+        ready.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         if runner is not None:
             await runner.cleanup()

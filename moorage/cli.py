@@ -26,6 +26,8 @@ from moorage.token import parse_token
 
 DEFAULT_EDGE_DIR = "/var/lib/moorage/edge"
 MAX_MANIFEST_BYTES = 8 * 1024 * 1024
+INSTALL_HELP = ("also write the systemd unit ($MOORAGE_SYSTEMD_DIR or /etc/systemd/system) and "
+                "enable it when systemd runs this machine")
 
 
 def _passphrase() -> bytes | None:
@@ -85,6 +87,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     print("Next: start the cloud with")
     print(f"  cloudcore --config {cfg_path}")
     print("then get a join token for each edge node with `moorage gettoken`.")
+    if args.install_service:
+        from moorage import services
+
+        services.install_cloud(cfg_path, data)
     return 0
 
 
@@ -399,6 +405,10 @@ def cmd_join(args: argparse.Namespace) -> int:
           f"{pki.not_valid_after(cert):%Y-%m-%d %H:%M UTC}, renewed automatically.")
     print("Next: start the edge daemon with")
     print(f"  edgecore --config {cfg_path}")
+    if args.install_service:
+        from moorage import services
+
+        services.install_edge(cfg_path, data)
     return 0
 
 
@@ -439,6 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--admin-port", type=int, default=6443)
     p.add_argument("--key-algorithm", choices=["ecdsa-p256", "rsa"], default="ecdsa-p256")
     p.add_argument("--force", action="store_true")
+    p.add_argument("--install-service", action="store_true", help=INSTALL_HELP)
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("certs", help="certificate chores on the cloud")
@@ -464,6 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--remote-runtime-endpoint", default="unix:///run/containerd/containerd.sock",
                    help="the CRI socket edged uses (checked: root-owned, not world-writable)")
     p.add_argument("--force", action="store_true")
+    p.add_argument("--install-service", action="store_true", help=INSTALL_HELP)
     p.set_defaults(func=cmd_join)
 
     p = cloud(sub.add_parser("get", help="list or show resources"))

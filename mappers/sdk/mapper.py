@@ -21,7 +21,7 @@ import grpc
 from mappers.sdk.device import DeviceRunner, Driver, now_ms
 from mappers.sdk.errors import DeviceError, MapperConfigError
 from mappers.sdk.spec import device_spec
-from moorage import __version__, config
+from moorage import __version__, config, sdnotify
 from moorage.aio import sleep_or_stop
 from moorage.backoff import full_jitter
 from moorage.config import duration
@@ -298,13 +298,17 @@ class Mapper(dmi_grpc.DeviceMapperServiceServicer):
             os.umask(old_umask)
         log.info("mapper %s (protocol %s) serving DMI on %s", self.cfg.name, self.cfg.protocol,
                  sock)
+        sdnotify.ready(f"mapper {self.cfg.name} serving DMI on {sock}")
         self.channel = grpc.aio.insecure_channel(_unix(self.cfg.edgecore_sock), options=options)
         self.manager = dmi_grpc.DeviceManagerServiceStub(self.channel)
         registering = asyncio.create_task(self._register_forever())
+        pinging = asyncio.create_task(sdnotify.watchdog(stopping))
         try:
             await stopping.wait()
         finally:
+            sdnotify.stopping()
             registering.cancel()
+            pinging.cancel()
             for key in list(self.runners):
                 self._stop(key)
             await server.stop(1.0)
