@@ -24,6 +24,7 @@ from cloudcore.enrollment import Enrollment
 from cloudcore.hub import Hub, HubSettings
 from cloudcore.nodes import NodeRegistry
 from cloudcore.objects import ObjectStore, open_store, sqlite_url
+from cloudcore.servicebus import ServiceBus
 from cloudcore.tlsloop import HubEventLoop
 from moorage import __version__, logs, sdnotify
 from moorage.errors import MoorageError
@@ -69,10 +70,13 @@ class CloudCore:
         self.hub.on_disconnect = self.dispatcher.node_disconnected
         self.hub.on_ack = self.dispatcher.on_ack
         self.hub.on_report = self.dispatcher.apply_report
+        self.servicebus = ServiceBus(cfg.modules.service_bus, self.hub,
+                                     hub_cfg.max_message_bytes)
+        self.hub.on_servicebus = self.servicebus.upstream
         self.admin = AdminAPI(self.store, self.registry, self.hub, self.token_key,
                               pki.ca_hash(ca.cert), hub_cfg.token_ttl,
                               on_node_deleted=self.dispatcher.node_deleted,
-                              synced=self.dispatcher.sync_state)
+                              synced=self.dispatcher.sync_state, servicebus=self.servicebus)
         self.runners: list = []
         self.stopping = asyncio.Event()
 
@@ -138,6 +142,7 @@ class CloudCore:
         await self.hub.stop()
         for runner in self.runners:
             await runner.cleanup()
+        await self.servicebus.close()
         await self.store.close()
 
 

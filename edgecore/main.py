@@ -162,6 +162,16 @@ class EdgeCore:
             await web.TCPSite(runner, host, port, reuse_address=True).start()
             log.info("MetaServer on http://%s:%d serving %d object(s) from the local store",
                      host, port, len(self.store.keys()))
+        bus = self.cfg.modules.service_bus
+        self.servicebus = None
+        if bus.enable:
+            from edgecore.servicebus import ServiceBus
+
+            self.servicebus = ServiceBus(bus, self.hub.request)
+            await self.servicebus.start()
+            self.hub.async_queries["servicebus"] = self.servicebus.call_app
+        else:
+            self.hub.async_queries["servicebus"] = _servicebus_disabled
         metrics_runner = None
         if self.cfg.modules.metrics.enable:
             from edgecore import metrics  # only when enabled: aiohttp, prometheus_client
@@ -211,7 +221,17 @@ class EdgeCore:
             await runner.cleanup()
         if metrics_runner is not None:
             await metrics_runner.cleanup()
+        if self.servicebus is not None:
+            await self.servicebus.close()
         self.store.close()
+
+
+async def _servicebus_disabled(content: Any) -> dict[str, Any]:
+    from moorage.servicebus import HTTPResponse
+
+    return HTTPResponse.error(503, "the ServiceBus is off on this node: set "
+                                   "modules.serviceBus.enable: true in its edgecore.yaml"
+                              ).to_content()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -214,6 +214,9 @@ def make_cloud(env: Env, **hub: Any) -> Cloud:
             "--bind-address", "127.0.0.1", "--websocket-port", str(ports[0]),
             "--https-port", str(ports[1]), "--admin-port", str(ports[2]))
     cloud.configure(**{"nodeGracePeriod": "3s", "keepaliveInterval": "2s", **hub})
+    # Each test cloud gets its own metrics port (9091 would be shared by every test).
+    edit_yaml(cloud.config, lambda d: d["modules"].setdefault("metrics", {}).update(
+        port=free_port()))
     return cloud
 
 

@@ -203,8 +203,10 @@ def test_two_rtu_slaves_on_one_pty_polled_without_interleaving(env: Env,
         sim.clear_requests()
         docs: list[dict[str, Any]] = [model("meter")]
         for slave in (1, 2):
+            # A generous timeout: on a busy machine a late answer to a request given up on
+            # would overlap the next request, which is the master's timeout, not a bug.
             protocol = {"communicateMode": "RTU", "serialPort": str(pair.b), "baudRate": 9600,
-                        "slaveID": slave, "timeout": 500}
+                        "slaveID": slave, "timeout": 3000}
             docs.append(device(f"meter-{slave}", "edge-dev", protocol, [
                 prop("temperature", "HoldingRegister", 0, "uint16"),
                 prop("humidity", "HoldingRegister", 1, "uint16")], model_name="meter"))
