@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from moorage import kubeconfig
+from moorage.client import AdminClient
 from tests.support import (
     Cloud,
     Edge,
@@ -56,6 +58,8 @@ class App(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         self._answer(201, b"echo:" + body)
+
+    do_PUT = do_POST
 
 
 @pytest.fixture
@@ -121,6 +125,15 @@ def test_cloud_reaches_a_node_app_and_the_app_reaches_allowlisted_cloud_urls(
         assert raw.returncode == 0 and raw.stdout == "hello from /hello", raw.stderr
     else:
         require(False, "kubectl is not on PATH")
+
+    # The admin API itself (HTTPS with the admin certificate), as any HTTP client uses it.
+    admin = AdminClient(kubeconfig.load(cloud.kubeconfig))
+    try:
+        status, _, body = admin.raw("PUT", f"/api/v1/nodes/edge-bus:{app_port}/proxy/"
+                                          "echo?y=2", b"\x00binary\xff")
+    finally:
+        admin.close()
+    assert (status, body) == (201, b"echo:\x00binary\xff")
 
     # App down: 502. App slow: 504. Both say why.
     down = cloud.moorage("call", "edge-bus", str(free_port()), "/x", check=False)
