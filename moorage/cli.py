@@ -7,8 +7,10 @@ Errors go to stderr with a non-zero exit and say what to do.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
+import os
 import shutil
 import socket
 import sys
@@ -535,6 +537,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except BrokenPipeError:
+        # The reader went away (`moorage get ... | head`): stop quietly, as Unix tools do.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (MoorageError, CertError) as exc:
         print(f"moorage: {exc}", file=sys.stderr)
         return 1

@@ -71,13 +71,12 @@ sed -e "s/nodeName: edge-1/nodeName: demo-edge/" \
 moorage apply -f "$DIR/thermometer.yaml"
 
 step "The device's live values at the cloud"
-for _ in $(seq 150); do
-  moorage get device thermometer-1 -o json 2>/dev/null | grep -q '"reported"' && break; sleep 0.2
-done
+reported() { case "$(moorage get device thermometer-1 -o json 2>/dev/null)" in
+  *'"reported"'*) return 0;; *) return 1;; esac; }
+for _ in $(seq 150); do reported && break; sleep 0.2; done
 moorage get devices
 moorage describe device thermometer-1 | sed -n '/^State:/,$p'
-moorage get device thermometer-1 -o json | grep -q '"reported"' \
-  || { echo "no device value reached the cloud; see $DIR/mapper.log and $DIR/edgecore.log"; exit 1; }
+reported || { echo "no device value reached the cloud; see $DIR/mapper.log and $DIR/edgecore.log"; exit 1; }
 echo "A device value reached the cloud."
 
 step "A pod on demo-edge"
