@@ -22,8 +22,6 @@ from tests.support import (
     SCALE,
     Cloud,
     Env,
-    edit_yaml,
-    free_port,
     join,
     make_cloud,
     wait_for,
@@ -90,8 +88,6 @@ def snapshot(cloud: Cloud) -> dict[str, dict[str, Any]]:
 
 def test_documented_backup_and_restore(env: Env) -> None:
     cloud = make_cloud(env)
-    # A port of its own: the default 9091 may be another test's cloud.
-    edit_yaml(cloud.config, lambda d: d["modules"]["metrics"].update(port=free_port()))
     cloud.start()
     edge = join(cloud, "edge-1")
     edge.start()
