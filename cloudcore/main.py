@@ -162,11 +162,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cloudcore: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"cloudcore: {exc.strerror or exc}: {exc.filename or ''} "
-              "(is another process using the port, or is the data dir unreadable?)",
-              file=sys.stderr)
+        print(f"cloudcore: {_describe_os_error(exc)} (is another process using the port, or is "
+              "the data dir unreadable?)", file=sys.stderr)
         return 2
     return 0
+
+
+def _describe_os_error(exc: OSError) -> str:
+    text = exc.strerror or str(exc)
+    return f"{text}: {exc.filename}" if exc.filename else text
 
 
 async def _build(cfg: CloudCoreConfig) -> CloudCore:

@@ -39,6 +39,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from moorage.errors import ConfigError
 from moorage.events import Event, History
 
 log = logging.getLogger("cloudcore.objects")
@@ -152,8 +153,9 @@ class ObjectStore:
                 await conn.execute(insert(schema_version).values(version=0))
             current = row[0] if row else 0
             if current > SCHEMA_VERSION:
-                raise RuntimeError(f"the cloud store has schema version {current}, newer than "
-                                   f"this cloudcore knows ({SCHEMA_VERSION}): upgrade cloudcore")
+                raise ConfigError(f"the cloud store has schema version {current}, newer than "
+                                  f"this cloudcore knows ({SCHEMA_VERSION}): upgrade cloudcore, "
+                                  "or restore a backup made by this version")
             for version, step in MIGRATIONS:
                 if version > current:
                     await step(conn)

@@ -247,6 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     except (MoorageError, CertError) as exc:
         print(f"edgecore: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"edgecore: {exc.strerror or exc}{where} (is another process using the port, or "
+              "is the data dir unreadable?)", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -73,7 +73,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     hub.websocket = Listener(address=args.bind_address, port=args.websocket_port)
     hub.https = Listener(address=args.bind_address, port=args.https_port)
     cfg.modules.admin.address, cfg.modules.admin.port = args.bind_address, args.admin_port
-    config.save(cfg, cfg_path, "# Written by `moorage init`. Reference: docs/configuration.md")
+    config.save(cfg, cfg_path, "# Written by `moorage init`. Reference: docs/operators-guide.md")
 
     kube_path = data / "admin.kubeconfig"
     admin_host = addresses[0] if ":" not in addresses[0] else f"[{addresses[0]}]"
@@ -546,7 +546,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"moorage: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"moorage: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"moorage: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

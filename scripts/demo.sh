@@ -71,8 +71,9 @@ sed -e "s/nodeName: edge-1/nodeName: demo-edge/" \
 moorage apply -f "$DIR/thermometer.yaml"
 
 step "The device's live values at the cloud"
-reported() { case "$(moorage get device thermometer-1 -o json 2>/dev/null)" in
-  *'"reported"'*) return 0;; *) return 1;; esac; }
+# True once all four properties have a value read from the device.
+reported() { local json; json="$(moorage get device thermometer-1 -o json 2>/dev/null)" || return 1
+  [ "$(grep -o '"reported"' <<<"$json" | wc -l)" -ge 4 ]; }
 for _ in $(seq 150); do reported && break; sleep 0.2; done
 moorage get devices
 moorage describe device thermometer-1 | sed -n '/^State:/,$p'

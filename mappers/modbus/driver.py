@@ -14,6 +14,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from pymodbus.exceptions import ModbusException
+
 from mappers.modbus.codec import CodecError, Visitor, decode_bits, decode_registers, encode
 from mappers.sdk.errors import DeviceError, DeviceUnreachable
 
@@ -113,8 +115,6 @@ class Line:
                               "reachable (address, port, cable)?")
 
     async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        from pymodbus.exceptions import ModbusException
-
         async with self.lock:
             await self._connected()
             try:

@@ -172,17 +172,20 @@ class DeviceRunner:
                     delays = None
                     schedule = Schedule(self.spec.properties, time.monotonic())
                     await self._set_state(ONLINE)
-                wrote = await self._write_desired()
-                now = time.monotonic()
                 by_name = {p.name: p for p in self.spec.properties}
-                for name in schedule.due_collect(now):
+                if await self._write_desired():
+                    await self.report(self, list(by_name))  # observedDesired, at once
+                for name in schedule.due_collect(time.monotonic()):
                     if name in by_name:
                         await self._collect(by_name[name])
-                if self.state != ONLINE:
-                    await self._set_state(ONLINE)
+                    if self.state != ONLINE:
+                        await self._set_state(ONLINE)
+                    # Between reads too: a slow line (many properties at 9600 baud) must
+                    # not hold reports back until a whole pass is done.
+                    due = schedule.due_report(time.monotonic())
+                    if due:
+                        await self.report(self, due)
                 due = schedule.due_report(time.monotonic())
-                if wrote:
-                    due = list(by_name)
                 if due:
                     await self.report(self, due)
             except DeviceUnreachable as exc:

@@ -41,7 +41,7 @@ class MapperConfig:
 
     name: str = ""
     protocol: str = ""
-    edgecore_sock: str = "/var/lib/moorage/dmi.sock"
+    edgecore_sock: str = "/var/lib/moorage/edge/dmi.sock"  # `moorage join`'s default data dir
     socket: str = ""
     offline_retry_max: float = duration(30.0)
     call_timeout: float = duration(5.0)

@@ -160,9 +160,13 @@ def test_device_loop_reports_writes_desired_values_and_goes_offline_and_back() -
         stopping = asyncio.Event()
         task = asyncio.create_task(runner.run(stopping))
         try:
-            await _until(lambda: states == [ONLINE] and reports)
+            def latest() -> dict[str, Any]:
+                return {t["propertyName"]: t for t in reports[-1]} if reports else {}
+
+            # The write is reported at once (observedDesired), the readings on their cycle.
+            await _until(lambda: states == [ONLINE] and "reported" in latest().get("door", {}))
             assert driver.writes == [("temperature", "25")]
-            twins = {t["propertyName"]: t for t in reports[-1]}
+            twins = latest()
             assert twins["temperature"]["observedDesired"]["value"] == "25"
             assert twins["door"]["reported"]["value"] == "false"
             # A refused property is an error on its twin; the device stays online.
