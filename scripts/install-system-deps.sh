@@ -2,14 +2,15 @@
 # Installs the system packages the test suite needs (Debian 12, run as root):
 # containerd (with ctr), runc, busybox-static (the test image's only binary),
 # containernetworking-plugins (CNI, /usr/lib/cni), socat (a PTY pair is the serial line
-# of the Modbus RTU tests), and mosquitto with its clients (the eventbus's MQTT broker).
+# of the Modbus RTU tests), mosquitto with its clients (the eventbus's MQTT broker), and
+# systemd (systemd-analyze checks the unit files; systemd need not be running).
 # Starts no service; safe to run again.
 # The tests start their own containerd and mosquitto on their own sockets and ports, so the
 # distribution's services are stopped and disabled if they happen to be running.
 set -euo pipefail
 
 PACKAGES=(containerd runc busybox-static containernetworking-plugins socat mosquitto
-          mosquitto-clients)
+          mosquitto-clients systemd)
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "install-system-deps.sh: must run as root" >&2
