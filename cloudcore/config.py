@@ -131,11 +131,30 @@ class ServiceBus:
 
 
 @dataclass
+class Router:
+    """Where the messages edge apps publish on ``$hw/events/upload/#`` go: each is POSTed as
+    JSON {node, topic, payload (base64), received} to ``uploadURL``, retried until it
+    answers 2xx. Without an uploadURL they are acknowledged and dropped."""
+
+    upload_url: str = key("uploadURL", "")
+    timeout: float = duration(10.0)
+    max_pending: int = 100_000  # queued in the cloud store; beyond it the oldest go
+
+    def validate(self, where: str) -> None:
+        if self.upload_url and not self.upload_url.startswith(("http://", "https://")):
+            raise ConfigError(f"{where}.uploadURL: expected an http:// or https:// URL, got "
+                              f"{self.upload_url!r}")
+        if self.max_pending < 1:
+            raise ConfigError(f"{where}.maxPending: at least 1")
+
+
+@dataclass
 class Modules:
     cloud_hub: CloudHub = field(default_factory=CloudHub)
     admin: AdminAPI = field(default_factory=AdminAPI)
     metrics: Metrics = field(default_factory=Metrics)
     service_bus: ServiceBus = field(default_factory=ServiceBus)
+    router: Router = field(default_factory=Router)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
@@ -78,6 +79,8 @@ class Hub:
         self.on_disconnect: Callable[[str, bool], None] | None = None
         self.on_ack: Callable[[str, Message], Awaitable[None]] | None = None
         self.on_report: Callable[[str, str, str, str, Message], Awaitable[None]] | None = None
+        # Messages edge apps published on $hw/events/upload/#: (node, content).
+        self.on_upload: Callable[[str, Any], Awaitable[None]] | None = None
         # An edge app's HTTP request through the ServiceBus: answered off the reading loop.
         self.on_servicebus: Callable[[str, Message], Awaitable[Message]] | None = None
         self._answering: set[asyncio.Task[None]] = set()
@@ -295,6 +298,11 @@ class Hub:
                                                   else {})
             else:
                 raise ProtocolError(f"operation {message.operation!r} on {kind} not supported")
+            return message.reply("OK", source="cloudhub")
+        if kind == "upload" and self.on_upload is not None:
+            if name != node:
+                raise PermissionError(f"node {node!r} may not send uploads as {name!r}")
+            await self.on_upload(node, message.content)  # queued in the store: then the ack
             return message.reply("OK", source="cloudhub")
         if self.on_report is not None and kind in REPORT_KINDS:
             await self.on_report(node, kind, parts[0], name, message)

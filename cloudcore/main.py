@@ -26,6 +26,7 @@ from cloudcore.nodes import NodeRegistry
 from cloudcore.objects import ObjectStore, open_store, sqlite_url
 from cloudcore.servicebus import ServiceBus
 from cloudcore.tlsloop import HubEventLoop
+from cloudcore.uploads import Uploads
 from moorage import __version__, logs, sdnotify
 from moorage.errors import MoorageError
 
@@ -70,6 +71,8 @@ class CloudCore:
         self.hub.on_disconnect = self.dispatcher.node_disconnected
         self.hub.on_ack = self.dispatcher.on_ack
         self.hub.on_report = self.dispatcher.apply_report
+        self.uploads = Uploads(self.store, cfg.modules.router)
+        self.hub.on_upload = self.uploads.accept
         self.servicebus = ServiceBus(cfg.modules.service_bus, self.hub,
                                      hub_cfg.max_message_bytes)
         self.hub.on_servicebus = self.servicebus.upstream
@@ -134,6 +137,7 @@ class CloudCore:
         sdnotify.ready(f"cloudcore {__version__} serving")  # every listener above accepts
         tasks = [asyncio.create_task(self._monitor()),
                  asyncio.create_task(self.dispatcher.run(self.stopping)),
+                 asyncio.create_task(self.uploads.run(self.stopping)),
                  asyncio.create_task(sdnotify.watchdog(self.stopping))]
         await self.stopping.wait()
         log.info("cloudcore stopping")

@@ -31,6 +31,7 @@ from sqlalchemy import (
     Text,
     delete,
     event,
+    func,
     insert,
     inspect,
     select,
@@ -86,7 +87,14 @@ issued_certs = Table(
     Column("not_after", Float, nullable=False),
     Column("revoked_at", Float, nullable=True),
 )
-
+uploads = Table(
+    "uploads", metadata,  # edge apps' $hw/events/upload messages waiting to be forwarded
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("node", String(253), nullable=False),
+    Column("topic", String(1024), nullable=False),
+    Column("payload", Text, nullable=False),  # base64
+    Column("received", Float, nullable=False),
+)
 
 
 async def _adopt_issue2_nodes(conn: AsyncConnection) -> None:
@@ -312,6 +320,29 @@ class ObjectStore:
             await conn.execute(delete(object_sync).where(object_sync.c.node == node))
 
     # ------------------------------------------------------------ tokens and certificates
+
+    # ------------------------------------------------------------ uploads to forward
+
+    async def add_upload(self, node: str, topic: str, payload: str, cap: int) -> int:
+        """Queue an upload; beyond ``cap`` queued, the oldest go. Returns how many went."""
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(uploads).values(node=node, topic=topic, payload=payload,
+                                                      received=time.time()))
+            count = (await conn.execute(select(func.count()).select_from(uploads))).scalar_one()
+            if count <= cap:
+                return 0
+            oldest = select(uploads.c.seq).order_by(uploads.c.seq).limit(count - cap)
+            await conn.execute(delete(uploads).where(uploads.c.seq.in_(oldest)))
+            return int(count - cap)
+
+    async def pending_uploads(self, limit: int = 100) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(uploads).order_by(uploads.c.seq).limit(limit))
+            return [dict(row._mapping) for row in rows]
+
+    async def upload_done(self, seq: int) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(uploads).where(uploads.c.seq == seq))
 
     async def add_token(self, digest: str, expires: float) -> None:
         now = time.time()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import logging
 import os
 import signal
@@ -20,12 +21,14 @@ from edgecore.config import EdgeCoreConfig, check_address
 from edgecore.edgehub import EdgeHub
 from edgecore.metamanager import MetaManager
 from edgecore.nodeinfo import node_object
-from edgecore.store import EdgeStore
-from moorage import __version__, logs, sdnotify
+from edgecore.store import EdgeStore, StoreError
+from moorage import __version__, envelope, logs, sdnotify
 from moorage.enroll import Endpoint
 from moorage.errors import ConfigError, MoorageError
 
 log = logging.getLogger("edgecore")
+
+MAX_PENDING_UPLOADS = 10_000  # apps' uploads waiting for the cloud; beyond it the oldest go
 
 
 def _local_ip(server: str) -> str:
@@ -68,7 +71,6 @@ class EdgeCore:
                                                 meta_cfg.insecure_allow_non_loopback) \
             if meta_cfg.enable else None
         self.stopping = asyncio.Event()
-        self._upload_warned = False
         self._twins_seen: dict[tuple[str, str], dict[str, Any]] = {}  # last sent over MQTT
 
     def _logs(self, path: str, args: dict[str, Any]) -> tuple[int, str]:
@@ -119,10 +121,16 @@ class EdgeCore:
                                   eventbus.twin_update_error(str(exc)))
 
     def _upload(self, topic: str, payload: bytes) -> None:
-        if not self._upload_warned:
-            self._upload_warned = True
-            log.warning("messages on %s are not forwarded to the cloud: no cloud-side consumer "
-                        "exists yet; they are dropped", topic)
+        """An app's message on $hw/events/upload/#: to the cloud through the outbox."""
+        try:
+            self.store.enqueue("uploads", f"default/upload/{self.cfg.node_name}",
+                               envelope.UPLOAD, {"topic": topic,
+                                                 "payload": base64.b64encode(payload).decode()},
+                               cap=MAX_PENDING_UPLOADS)
+        except StoreError as exc:
+            log.error("upload on %s not queued: %s", topic, exc)
+            return
+        self.meta.changed()
 
     def node_object(self) -> dict[str, Any]:
         edged_cfg = self.cfg.modules.edged

@@ -187,12 +187,17 @@ class EdgeStore:
     # ------------------------------------------------------------ outbox (upstream)
 
     def enqueue(self, object_key: str, resource: str, operation: str, content: Any,
-                replace: bool = False) -> int:
-        """Queue a report; with ``replace``, it supersedes the unsent ones of the same object."""
+                replace: bool = False, cap: int = 0) -> int:
+        """Queue a report; with ``replace``, it supersedes the unsent ones of the same object;
+        with ``cap``, at most that many of this ``object_key`` wait (the oldest go)."""
         with self._tx() as db:
             if replace:
                 db.execute("DELETE FROM outbox WHERE object_key=? AND seq > "
                            "(SELECT COALESCE(MIN(seq), 0) FROM outbox)", (object_key,))
+            if cap:
+                db.execute("DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE "
+                           "object_key=? ORDER BY seq DESC LIMIT -1 OFFSET ?)",
+                           (object_key, cap - 1))
             cursor = db.execute(
                 "INSERT INTO outbox (object_key, resource, operation, content, created) "
                 "VALUES (?, ?, ?, ?, ?)",
