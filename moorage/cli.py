@@ -391,6 +391,15 @@ def cmd_join(args: argparse.Namespace) -> int:
     pki.save_pair(pki.Issued(key, cert), pki.PairPaths(pki_dir / "edge.crt",
                                                        pki_dir / "edge.key"), secret)
     cfg = EdgeCoreConfig(data_dir=str(data))
+    if cfg_path.exists():  # --force: keep what the operator set; renew only what join owns
+        from edgecore import config as edge_config
+
+        try:
+            cfg = edge_config.load(cfg_path)
+            cfg.data_dir = str(data)
+        except MoorageError as exc:
+            print(f"The existing {cfg_path} cannot be read ({exc}); writing a fresh one.",
+                  file=sys.stderr)
     hub = cfg.modules.edge_hub
     bracket = f"[{host}]" if ":" in host else host
     hub.websocket.server = f"{bracket}:{port}"
@@ -401,7 +410,8 @@ def cmd_join(args: argparse.Namespace) -> int:
     cfg.modules.edged.hostname_override = node
     if args.node_ip:
         cfg.modules.edged.node_ip = args.node_ip
-    cfg.modules.edged.remote_runtime_endpoint = args.remote_runtime_endpoint
+    if args.remote_runtime_endpoint:
+        cfg.modules.edged.remote_runtime_endpoint = args.remote_runtime_endpoint
     config.save(cfg, cfg_path, "# Written by `moorage join`. It holds no token.")
     print(f"Node {node} enrolled: certificate valid until "
           f"{pki.not_valid_after(cert):%Y-%m-%d %H:%M UTC}, renewed automatically.")
@@ -474,8 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "reach the cloud)")
     p.add_argument("--data-dir", default=DEFAULT_EDGE_DIR)
     p.add_argument("--certport", type=int, default=10002)
-    p.add_argument("--remote-runtime-endpoint", default="unix:///run/containerd/containerd.sock",
-                   help="the CRI socket edged uses (checked: root-owned, not world-writable)")
+    p.add_argument("--remote-runtime-endpoint",
+                   help="the CRI socket edged uses (default unix:///run/containerd/"
+                        "containerd.sock; checked: root-owned, not world-writable)")
     p.add_argument("--force", action="store_true")
     p.add_argument("--install-service", action="store_true", help=INSTALL_HELP)
     p.set_defaults(func=cmd_join)

@@ -6,7 +6,7 @@ import stat
 
 import yaml
 
-from tests.support import Env, join, make_cloud, wait_for
+from tests.support import Env, edit_yaml, join, make_cloud, wait_for
 
 
 def test_node_goes_ready_notready_and_ready_again(env: Env) -> None:
@@ -77,9 +77,14 @@ def test_node_whose_certificate_expired_offline_rejoins_with_fresh_token(env: En
     cloud.configure(edgeCertValidity="1h")
     cloud.stop()
     cloud.start()
+    # The operator's own settings survive a re-enrollment.
+    edit_yaml(edge.config, lambda d: d["modules"]["edged"].update(labels={"site": "plant-7"}))
     env.run("moorage", "join", "--cloudcore-ipport", f"127.0.0.1:{cloud.hub_port}",
             "--certport", str(cloud.cert_port), "--token", cloud.token(), "--node-name",
             "edge-d", "--data-dir", str(edge.dir), "--force")
+    rejoined = yaml.safe_load(edge.config.read_text())["modules"]
+    assert rejoined["edged"]["labels"] == {"site": "plant-7"}
+    assert rejoined["edgeHub"]["rotateCertificates"] is False
     edge.configure(heartbeat="1s")
     edge.start()
     wait_for(lambda: cloud.node_ready("edge-d") is True, what="re-joined edge-d Ready")
