@@ -21,6 +21,7 @@ from moorage.resources import lookup
 log = logging.getLogger("edgecore.metamanager")
 
 HISTORY = 5_000
+REPORTS_KEPT = 1_000  # unsent status reports kept per object while the cloud is away
 
 
 class MetaManager:
@@ -93,6 +94,7 @@ class MetaManager:
     # ------------------------------------------------------------ upstream
 
     def report_node_status(self, node: str, status: dict[str, Any]) -> None:
+        # Periodic and complete: only the newest unsent one matters.
         self.store.enqueue(f"nodes//{node}", f"default/nodestatus/{node}", envelope.UPDATE,
                            {"status": status}, replace=True)
         self.changed()
@@ -104,8 +106,9 @@ class MetaManager:
                       status: dict[str, Any]) -> None:
         """Record an object's status locally (MetaServer shows it) and queue it for the cloud.
 
-        A status not sent yet is replaced by the newer one: the cloud keeps only the latest,
-        and a node offline for weeks must not pile up a report per reading.
+        Every report is sent, in order, also those made offline; but a node offline for
+        weeks must not pile up a report per reading: past REPORTS_KEPT unsent reports of
+        one object, the oldest go.
         """
         key = (plural, namespace, name)
         obj = self.store.get(key)
@@ -114,6 +117,6 @@ class MetaManager:
         self.store.report_status(key, status)
         report = {"pods": "podstatus", "devices": "devicestatus"}[plural]
         self.store.enqueue(f"{plural}/{namespace}/{name}", f"{namespace}/{report}/{name}",
-                           envelope.UPDATE, {"status": status}, replace=True)
+                           envelope.UPDATE, {"status": status}, cap=REPORTS_KEPT)
         self._publish(Event("MODIFIED", plural, {**obj, "status": status}, self.store.revision))
         self.changed()
