@@ -35,6 +35,7 @@ from moorage.errors import ProtocolError
 log = logging.getLogger("cloudcore.hub")
 
 REPORT_KINDS = ("podstatus", "devicestatus")
+REFUSAL_LOG_PERIOD = 600.0
 CLOSE_REPLACED = 4000  # private-use close code: a newer connection took over
 
 
@@ -74,6 +75,7 @@ class Hub:
         self.server: Server | None = None
         # Connections refused at admission, by reason (cloudcore_handshake_failures_total).
         self.refusals: Counter[str] = Counter()
+        self._refusals_logged: dict[tuple[str, str], float] = {}
         # Hooks for the desired-state dispatcher (set by cloudcore.main).
         self.on_connect: Callable[[str], Awaitable[None]] | None = None
         self.on_disconnect: Callable[[str, bool], None] | None = None
@@ -124,7 +126,19 @@ class Hub:
         self.refusals[reason] += 1
         peer = connection.remote_address
         where = f"{peer[0]}:{peer[1]}" if peer else "?"
-        log.warning("connection from %s refused (%d): %s", where, status.value, why)
+        # A refused node retries for ever (a revoked one, say): the same refusal of the
+        # same host is a warning once per REFUSAL_LOG_PERIOD, debug in between.
+        now = time.monotonic()
+        seen_key = (peer[0] if peer else "?", why)
+        if len(self._refusals_logged) > 10_000:
+            self._refusals_logged.clear()
+        quiet = now - self._refusals_logged.get(seen_key, -REFUSAL_LOG_PERIOD) < \
+            REFUSAL_LOG_PERIOD
+        if not quiet:
+            self._refusals_logged[seen_key] = now
+        log.log(logging.DEBUG if quiet else logging.WARNING,
+                "connection from %s refused (%d): %s%s", where, status.value, why,
+                "" if quiet else " (repeats of this are logged at debug level for 10 minutes)")
         return Response(status.value, status.phrase, Headers([("Content-Type", "text/plain")]),
                         (why + "\n").encode())
 
