@@ -120,6 +120,34 @@ def cmd_renew_server(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_renew_admin(args: argparse.Namespace) -> int:
+    """A new admin key and certificate in <data-dir>/admin.kubeconfig (same server URL)."""
+    from cloudcore import config as cloud_config
+
+    data = Path(args.data_dir).resolve()
+    cfg = cloud_config.load(data / "cloudcore.yaml")
+    hub = cfg.modules.cloud_hub
+    kube_path = data / "admin.kubeconfig"
+    doc = yamlio.load_file(kube_path) if kube_path.exists() else None
+    clusters = doc.get("clusters") if isinstance(doc, dict) else None
+    server = (clusters[0].get("cluster", {}).get("server") if isinstance(clusters, list)
+              and clusters and isinstance(clusters[0], dict) else None)
+    if not isinstance(server, str) or not server.startswith("https://"):
+        admin_host = hub.advertise_address[0]
+        admin_host = admin_host if ":" not in admin_host else f"[{admin_host}]"
+        server = f"https://{admin_host}:{cfg.modules.admin.port}"
+    secret = _passphrase()
+    ca = pki.load_pair(pki.PairPaths(Path(hub.tls_ca_file), Path(hub.tls_ca_key_file)), secret)
+    admin = pki.issue(ca, pki.subject("moorage-admin", pki.ADMIN_ORGANIZATION),
+                      lifetime=dt.timedelta(days=365), client=True)
+    kubeconfig.write(kube_path, server, pki.cert_to_pem(ca.cert), pki.cert_to_pem(admin.cert),
+                     pki.key_to_pem(admin.key))
+    print(f"New admin certificate {pki.serial_hex(admin.cert.serial_number)} in {kube_path}, "
+          f"valid until {pki.not_valid_after(admin.cert):%Y-%m-%d}. Copies of the old "
+          "kubeconfig keep working until their certificate expires.")
+    return 0
+
+
 # ---------------------------------------------------------------- cloud-facing
 
 def _client(args: argparse.Namespace) -> AdminClient:
@@ -471,6 +499,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", required=True)
     p.add_argument("--advertise-address", help="replace the addresses the certificate names")
     p.set_defaults(func=cmd_renew_server)
+    p = certs_sub.add_parser("renew-admin", help="issue a new admin certificate into "
+                                                 "<data-dir>/admin.kubeconfig")
+    p.add_argument("--data-dir", required=True)
+    p.set_defaults(func=cmd_renew_admin)
 
     p = cloud(sub.add_parser("gettoken", help="print a join token"))
     p.add_argument("--ttl", default="24h", help="lifetime, e.g. 2h or 24h (at most 168h)")
