@@ -11,6 +11,7 @@ import signal
 import socket
 import sqlite3
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,12 @@ class EdgeCore:
             log.warning("twin update for %s/%s over MQTT refused: %s", namespace, name, exc)
             self.eventbus.publish(eventbus.twin_update_result_topic(namespace, name),
                                   eventbus.twin_update_error(str(exc)))
+            return
+        # KubeEdge answers an accepted update with the twins it now holds.
+        self.eventbus.publish(eventbus.twin_update_result_topic(namespace, name), {
+            "event_id": str(uuid.uuid4()), "timestamp": int(stamp),
+            "twin": {prop: eventbus.twin(actual=value, timestamp=int(stamp))
+                     for prop, value in values.items()}})
 
     def _upload(self, topic: str, payload: bytes) -> None:
         """An app's message on $hw/events/upload/#: to the cloud through the outbox."""

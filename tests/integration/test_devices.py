@@ -319,6 +319,15 @@ def test_twins_over_mqtt_documents_out_and_app_updates_to_the_cloud(env: Env,
         # An app sets the panel's reported status over MQTT: it reaches the cloud.
         wait_for(app_status_at_cloud, 20, interval=0.5,
                  what=lambda: f"the app's update at the cloud:\n{edge.log()}")
+        result = "$hw/events/device/default/panel/twin/update/result "
+
+        def accepted() -> bool:
+            answers = [json.loads(line[len(result):]) for line in
+                       subscriber.log().splitlines() if line.startswith(result)]
+            return any(a.get("twin", {}).get("status", {}).get("actual", {}).get("value")
+                       == "running" for a in answers)
+
+        wait_for(accepted, 10, what=lambda: f"the accepted update's result:\n{subscriber.log()}")
         # A property the device does not have: refused with a reason on the result topic.
         publish(json.dumps({"twin": {"nope": {"actual": {"value": "1"}}}}))
         wait_for(lambda: "no property 'nope'" in subscriber.log(), 10)
