@@ -142,6 +142,7 @@ class DeviceTwin(dmi_grpc.DeviceManagerServiceServicer):
         self.publish = publish
         self.mappers: dict[str, MapperRef] = {}  # by protocol
         self.sent: dict[tuple[str, str], tuple[str, str]] = {}  # device -> (mapper, spec)
+        self.models_sent: dict[str, set[tuple[str, str]]] = {}  # mapper -> models it has
         self.dirty: set[tuple[str, str, str]] = set()  # (plural, namespace, name)
         self.wake = asyncio.Event()
         self.serving = asyncio.Event()  # set once the DMI socket accepts mappers
@@ -189,12 +190,18 @@ class DeviceTwin(dmi_grpc.DeviceManagerServiceServicer):
         if plural == "devicemodels":
             for ref in list(self.mappers.values()):
                 stub = self._stub(ref)
+                known = self.models_sent.setdefault(ref.name, set())
                 if obj is None:
                     await stub.RemoveDeviceModel(dmi.RemoveDeviceModelRequest(
                         modelName=name, modelNamespace=namespace), timeout=CALL_TIMEOUT)
-                else:
+                    known.discard((namespace, name))
+                elif (namespace, name) in known:
                     await stub.UpdateDeviceModel(dmi.UpdateDeviceModelRequest(
                         model=model_to_dmi(obj)), timeout=CALL_TIMEOUT)
+                else:
+                    await stub.CreateDeviceModel(dmi.CreateDeviceModelRequest(
+                        model=model_to_dmi(obj)), timeout=CALL_TIMEOUT)
+                    known.add((namespace, name))
             return True
         device_key = (namespace, name)
         sent = self.sent.get(device_key)
@@ -269,6 +276,8 @@ class DeviceTwin(dmi_grpc.DeviceManagerServiceServicer):
                    if (d.get("spec", {}).get("protocol") or {}).get("protocolName")
                    == ref.protocol]
         models = self._node_objects("devicemodels")
+        self.models_sent[ref.name] = {(m["metadata"].get("namespace", "default"),
+                                       m["metadata"]["name"]) for m in models}
         for device in devices:
             meta = device["metadata"]
             self.sent[(meta.get("namespace", "default"), meta["name"])] = (ref.name,
