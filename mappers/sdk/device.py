@@ -137,7 +137,11 @@ class DeviceRunner:
         wrote = False
         for prop in self.spec.properties:
             desired = prop.desired
-            if desired is None or not prop.writable or prop.name in self.write_errors:
+            if desired is None or prop.name in self.write_errors:
+                continue
+            if not prop.writable:
+                self.write_errors[prop.name] = ("not written: the property is ReadOnly in its "
+                                                "device model (accessMode)")
                 continue
             observed = self.observed.get(prop.name)
             if observed is not None and observed.value == desired:

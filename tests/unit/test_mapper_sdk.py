@@ -154,7 +154,7 @@ def test_device_loop_reports_writes_desired_values_and_goes_offline_and_back() -
             states.append(state)
 
         props = (PropertySpec("temperature", {}, 0.02, 0.02, desired="25"),
-                 PropertySpec("door", {}, 0.02, 0.02))
+                 PropertySpec("door", {}, 0.02, 0.02, desired="true", writable=False))
         spec = DeviceSpec("default", "d", "m", "scripted", {}, props)
         runner = DeviceRunner(spec, driver, report, report_state, retry_max=0.05)
         stopping = asyncio.Event()
@@ -169,6 +169,8 @@ def test_device_loop_reports_writes_desired_values_and_goes_offline_and_back() -
             twins = latest()
             assert twins["temperature"]["observedDesired"]["value"] == "25"
             assert twins["door"]["reported"]["value"] == "false"
+            # A desired value on a ReadOnly property is never written, and says why.
+            assert "ReadOnly" in twins["door"]["observedDesired"]["metadata"]["error"]
             # A refused property is an error on its twin; the device stays online.
             driver.refuse.add("door")
             await _until(lambda: "error" in {t["propertyName"]: t for t in reports[-1]}
