@@ -559,7 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="the path on the app, with any query: /status?verbose=1")
     p.add_argument("-X", "--request", help="the method (default GET, or POST with -d)")
     p.add_argument("-d", "--data", help="the request body, or @FILE")
-    p.add_argument("-H", "--content-type", default="application/octet-stream")
+    p.add_argument("--content-type", default="application/octet-stream",
+                   help="the Content-Type of -d (default application/octet-stream)")
     p.add_argument("-i", "--include", action="store_true", help="print status and headers")
     p.set_defaults(func=cmd_call)
 
