@@ -7,7 +7,7 @@ from pathlib import Path
 
 from certs.tls import DEFAULT_TLS12_CIPHERS, check_ciphers, min_version
 from moorage import config
-from moorage.config import duration, key
+from moorage.config import check_address, duration, key
 from moorage.errors import ConfigError
 
 API_VERSION = "cloudcore.config.kubeedge.io/v1alpha2"
@@ -85,19 +85,6 @@ class AdminAPI:
         _port(self.port, f"{where}.port")
 
 
-def _loopback(address: str, allow_other: bool, where: str) -> None:
-    import ipaddress
-
-    try:
-        loopback = address == "localhost" or ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        raise ConfigError(f"{where}.address: expected an IP address, got {address!r}") from None
-    if not loopback and not allow_other:
-        raise ConfigError(f"{where}.address: {address} is not a loopback address; this "
-                          "endpoint has no authentication, so it listens on 127.0.0.1 only "
-                          "(set insecureAllowNonLoopback: true to override)")
-
-
 @dataclass
 class Metrics:
     """Prometheus metrics and health endpoints (/metrics, /healthz, /readyz)."""
@@ -109,7 +96,8 @@ class Metrics:
 
     def validate(self, where: str) -> None:
         _port(self.port, f"{where}.port")
-        _loopback(self.address, self.insecure_allow_non_loopback, where)
+        check_address(f"{self.address}:{self.port}", self.insecure_allow_non_loopback,
+                      f"{where}.address")
 
 
 @dataclass

@@ -5,13 +5,12 @@ It holds no join token: `moorage join` uses the token once and never writes it.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from certs.tls import DEFAULT_TLS12_CIPHERS, check_ciphers
 from moorage import config
-from moorage.config import duration, key
+from moorage.config import check_address, duration, key
 from moorage.errors import ConfigError
 
 API_VERSION = "edgecore.config.kubeedge.io/v1alpha2"
@@ -83,21 +82,6 @@ class Edged:
             raise ConfigError(f"{where}.hostnameOverride: required (the node name)")
 
 
-def check_address(server: str, allow_non_loopback: bool,
-                  where: str = "modules.metaManager.metaServer.server") -> tuple[str, int]:
-    host, _, port = server.rpartition(":")
-    host = host.strip("[]")
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-        number = int(port)
-    except ValueError:
-        raise ConfigError(f"{where}: expected IP:PORT, got {server!r}") from None
-    if not loopback and not allow_non_loopback:
-        raise ConfigError(
-            f"{where}: {host} is not a loopback address; this endpoint has no "
-            "authentication, so it listens on 127.0.0.1 only (set "
-            "insecureAllowNonLoopback: true to override)")
-    return host, number
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import types
 import typing
 from pathlib import Path
@@ -157,3 +158,21 @@ def save(obj: Any, path: str | Path, header: str = "") -> None:
 
     text = (header + "\n" if header else "") + yamlio.dump(to_mapping(obj))
     write_private(path, text.encode(), mode=0o600)
+
+
+def check_address(server: str, allow_non_loopback: bool,
+                  where: str = "modules.metaManager.metaServer.server") -> tuple[str, int]:
+    """``IP:PORT`` of a local endpoint without authentication: loopback unless forced."""
+    host, _, port = server.rpartition(":")
+    host = host.strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        number = int(port)
+    except ValueError:
+        raise ConfigError(f"{where}: expected IP:PORT, got {server!r}") from None
+    if not loopback and not allow_non_loopback:
+        raise ConfigError(
+            f"{where}: {host} is not a loopback address; this endpoint has no "
+            "authentication, so it listens on 127.0.0.1 only (set "
+            "insecureAllowNonLoopback: true to override)")
+    return host, number
