@@ -14,14 +14,22 @@ from __future__ import annotations
 import logging
 import time
 
-from aiohttp import ClientError, ClientSession, ClientTimeout, web
+from aiohttp import ClientSession, web
 
 from cloudcore.config import ServiceBus as ServiceBusConfig
 from cloudcore.hub import Hub, NodeUnavailable
 from moorage import envelope
 from moorage.envelope import Message
 from moorage.errors import ProtocolError
-from moorage.servicebus import METHODS, HTTPRequest, HTTPResponse, allowed, clean_headers
+from moorage.servicebus import (
+    METHODS,
+    HTTPRequest,
+    HTTPResponse,
+    allowed,
+    clean_headers,
+    perform,
+    web_response,
+)
 
 log = logging.getLogger("cloudcore.servicebus")
 audit = logging.getLogger("cloudcore.audit")
@@ -75,11 +83,8 @@ class ServiceBus:
             return self._done(node, "proxy", request.method, port, path, 502, len(body), 0,
                               started, web.Response(status=502, text=f"node {node} sent a bad "
                                                     f"answer: {exc}\n"))
-        out = web.Response(status=response.status, body=response.body)
-        for name, value in response.headers:
-            out.headers.add(name, value)
         return self._done(node, "proxy", request.method, port, path, response.status,
-                          len(body), len(response.body), started, out)
+                          len(body), len(response.body), started, web_response(response))
 
     def _too_big(self, node: str, request: web.Request, port: int, path: str,
                  started: float) -> web.Response:
@@ -130,22 +135,8 @@ class ServiceBus:
     async def _call(self, call: HTTPRequest) -> HTTPResponse:
         if self.session is None:
             self.session = ClientSession(auto_decompress=False)
-        try:
-            async with self.session.request(
-                    call.method, call.target, headers=call.headers, data=call.body or None,
-                    allow_redirects=False,
-                    timeout=ClientTimeout(total=self.cfg.timeout)) as response:
-                body = await response.content.read(self.max_body + 1)
-                if len(body) > self.max_body:
-                    return HTTPResponse.error(502, f"{call.target[:200]} answered more than "
-                                                   f"{self.max_body} bytes")
-                return HTTPResponse(response.status, clean_headers(response.headers.items()),
-                                    body)
-        except TimeoutError:
-            return HTTPResponse.error(504, f"{call.target[:200]} did not answer within "
-                                           f"{self.cfg.timeout:g}s")
-        except (ClientError, ValueError) as exc:
-            return HTTPResponse.error(502, f"{call.target[:200]} cannot be reached: {exc}")
+        return await perform(self.session, call, call.target, self.cfg.timeout, self.max_body,
+                             call.target[:200])
 
     async def close(self) -> None:
         if self.session is not None:

@@ -16,13 +16,20 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import ClientError, ClientSession, ClientTimeout, web
+from aiohttp import ClientSession, web
 
 from edgecore.config import ServiceBus as ServiceBusConfig
 from moorage import envelope
 from moorage.envelope import Message
 from moorage.errors import ConfigError, ProtocolError
-from moorage.servicebus import METHODS, HTTPRequest, HTTPResponse, clean_headers
+from moorage.servicebus import (
+    METHODS,
+    HTTPRequest,
+    HTTPResponse,
+    clean_headers,
+    perform,
+    web_response,
+)
 
 log = logging.getLogger("edgecore.servicebus")
 
@@ -57,25 +64,9 @@ class ServiceBus:
     async def _call(self, req: HTTPRequest, url: str) -> HTTPResponse:
         if self.session is None:
             self.session = ClientSession(auto_decompress=False)
-        cap = self.cfg.max_body_bytes
-        try:
-            async with self.session.request(
-                    req.method, url, headers=req.headers, data=req.body or None,
-                    allow_redirects=False,
-                    timeout=ClientTimeout(total=self.cfg.timeout)) as response:
-                body = await response.content.read(cap + 1)
-                if len(body) > cap:
-                    return HTTPResponse.error(502, f"the app on port {req.port} answered more "
-                                                   f"than {cap} bytes (modules.serviceBus."
-                                                   "maxBodyBytes)")
-                return HTTPResponse(response.status, clean_headers(response.headers.items()),
-                                    body)
-        except TimeoutError:
-            return HTTPResponse.error(504, f"the app on port {req.port} did not answer within "
-                                           f"{self.cfg.timeout:g}s (modules.serviceBus.timeout)")
-        except ClientError as exc:
-            return HTTPResponse.error(502, f"the app on port {req.port} cannot be reached: "
-                                           f"{exc} (is it running and listening on 127.0.0.1?)")
+        return await perform(self.session, req, url, self.cfg.timeout, self.cfg.max_body_bytes,
+                             f"the app on port {req.port}", "modules.serviceBus",
+                             " (is it running and listening on 127.0.0.1?)")
 
     # ------------------------------------------------------------ local app -> cloud
 
@@ -122,10 +113,7 @@ class ServiceBus:
             response = HTTPResponse.from_content(answer.content, cap)
         except ProtocolError as exc:
             return web.Response(status=502, text=f"malformed answer from the cloud: {exc}\n")
-        out = web.Response(status=response.status, body=response.body)
-        for name, value in response.headers:
-            out.headers.add(name, value)
-        return out
+        return web_response(response)
 
     async def start(self) -> None:
         app = web.Application(client_max_size=self.cfg.max_body_bytes * 2 + 1024)

@@ -124,6 +124,42 @@ class HTTPResponse:
                    _body(content.get("body", ""), "content.body", max_body))
 
 
+async def perform(session: Any, call: HTTPRequest, url: str, timeout: float, cap: int,
+                  what: str, settings: str = "", unreachable_hint: str = "") -> HTTPResponse:
+    """Make ``call`` to ``url`` with an aiohttp ``session``; every failure is an answer (502
+    unreachable or too big, 504 too slow) whose body says which limit, ``settings`` naming
+    the config section that sets them."""
+    from aiohttp import ClientError, ClientTimeout
+
+    def setting(name: str) -> str:
+        return f" ({settings}.{name})" if settings else ""
+
+    try:
+        async with session.request(call.method, url, headers=call.headers,
+                                   data=call.body or None, allow_redirects=False,
+                                   timeout=ClientTimeout(total=timeout)) as response:
+            body = await response.content.read(cap + 1)
+            if len(body) > cap:
+                return HTTPResponse.error(502, f"{what} answered more than {cap} bytes"
+                                               f"{setting('maxBodyBytes')}")
+            return HTTPResponse(response.status, clean_headers(response.headers.items()), body)
+    except TimeoutError:
+        return HTTPResponse.error(504, f"{what} did not answer within {timeout:g}s"
+                                       f"{setting('timeout')}")
+    except (ClientError, ValueError) as exc:
+        return HTTPResponse.error(502, f"{what} cannot be reached: {exc}{unreachable_hint}")
+
+
+def web_response(response: HTTPResponse) -> Any:
+    """The answer as an aiohttp ``web.Response``, headers and all."""
+    from aiohttp import web
+
+    out = web.Response(status=response.status, body=response.body)
+    for name, value in response.headers:
+        out.headers.add(name, value)
+    return out
+
+
 def allowed(url: str, allowlist: list[str]) -> bool:
     """True if ``url`` starts with one of the allowlisted prefixes, compared after
     normalizing: no user info, no dot segments (also percent-encoded), scheme and host in
