@@ -18,7 +18,7 @@ from aiohttp import ClientError, ClientSession, ClientTimeout
 
 from cloudcore.config import Router
 from cloudcore.objects import ObjectStore, rfc3339
-from moorage.aio import sleep_or_stop
+from moorage.aio import sleep_or_stop, wait_any
 from moorage.backoff import doubling
 from moorage.errors import ProtocolError
 
@@ -96,12 +96,7 @@ class Uploads:
                 rows = await self.store.pending_uploads()
                 if not rows:
                     self.wake.clear()
-                    stop = asyncio.create_task(stopping.wait())
-                    wake = asyncio.create_task(self.wake.wait())
-                    await asyncio.wait({stop, wake}, timeout=30,
-                                       return_when=asyncio.FIRST_COMPLETED)
-                    stop.cancel()
-                    wake.cancel()
+                    await wait_any(30.0, self.wake, stopping)
                     continue
                 for row in rows:
                     error = await self._post(session, row)

@@ -16,8 +16,8 @@ import grp
 import json
 import logging
 import os
+import uuid
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +25,7 @@ from typing import Any
 
 import grpc
 
+from edgecore import eventbus
 from edgecore.metamanager import MetaManager
 from edgecore.store import StoreError
 from moorage.aio import wait_any
@@ -133,13 +134,13 @@ def spec_digest(obj: dict[str, Any]) -> str:
 
 class DeviceTwin(dmi_grpc.DeviceManagerServiceServicer):
     def __init__(self, meta: MetaManager, sock_path: Path, group: str = "",
-                 max_message_bytes: int = 4 * 1024 * 1024,
-                 publish: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 max_message_bytes: int = 4 * 1024 * 1024) -> None:
         self.meta, self.store = meta, meta.store
         self.sock_path, self.group = sock_path, group
         self.max_message_bytes = max_message_bytes
-        # Called with the device after every change of its spec or status (MQTT twins).
-        self.publish = publish
+        # The MQTT EventBus, when enabled: twins go out on it, apps' updates come in.
+        self.bus: eventbus.EventBus | None = None
+        self.twins_published: dict[tuple[str, str], dict[str, Any]] = {}
         self.mappers: dict[str, MapperRef] = {}  # by protocol
         self.sent: dict[tuple[str, str], tuple[str, str]] = {}  # device -> (mapper, spec)
         self.models_sent: dict[str, set[tuple[str, str]]] = {}  # mapper -> models it has
@@ -303,11 +304,44 @@ class DeviceTwin(dmi_grpc.DeviceManagerServiceServicer):
         self._publish({**obj, "status": status})
 
     def _publish(self, device: dict[str, Any]) -> None:
-        if self.publish is not None:
-            try:
-                self.publish(device)
-            except Exception:
-                log.exception("publishing the twin of %s failed", device["metadata"]["name"])
+        """KubeEdge's twin document (values changed) and delta (desired values not reported
+        yet) for apps on the EventBus."""
+        if self.bus is None:
+            return
+        meta = device["metadata"]
+        namespace, name = meta.get("namespace", "default"), meta["name"]
+        after = kubeedge_twins(device)
+        before = self.twins_published.get((namespace, name), {})
+        self.twins_published[(namespace, name)] = after
+        try:
+            if twin_values(before) != twin_values(after):
+                self.bus.publish(eventbus.twin_document_topic(namespace, name),
+                                 eventbus.twin_document(before, after))
+            delta = twin_deltas(after)
+            if delta and delta != twin_deltas(before):
+                self.bus.publish(eventbus.twin_delta_topic(namespace, name),
+                                 eventbus.twin_delta(after, delta))
+        except eventbus.EventBusError as exc:
+            log.warning("the twin of %s/%s is not published: %s", namespace, name, exc)
+
+    def update_from_app(self, namespace: str, name: str, values: dict[str, str]) -> None:
+        """An app set reported values over MQTT: they become the device's twins, and the
+        answer goes to .../twin/update/result (the twins now held, or why not)."""
+        assert self.bus is not None
+        stamp = eventbus.now_ms()
+        topic = eventbus.twin_update_result_topic(namespace, name)
+        try:
+            self.apply_twins(namespace, name, [
+                {"propertyName": prop, "reported": {"value": value,
+                                                    "metadata": {"timestamp": str(stamp)}}}
+                for prop, value in values.items()])
+        except TwinError as exc:
+            log.warning("twin update for %s/%s over MQTT refused: %s", namespace, name, exc)
+            self.bus.publish(topic, eventbus.twin_update_error(str(exc)))
+            return
+        self.bus.publish(topic, {"event_id": str(uuid.uuid4()), "timestamp": stamp,
+                                 "twin": {prop: eventbus.twin(actual=value, timestamp=stamp)
+                                          for prop, value in values.items()}})
 
     def apply_twins(self, namespace: str, name: str, twins: list[dict[str, Any]]) -> None:
         """Reported twins (from a mapper, or from an app over MQTT) into the device status."""

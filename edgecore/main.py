@@ -11,7 +11,6 @@ import signal
 import socket
 import sqlite3
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +71,6 @@ class EdgeCore:
                                                 meta_cfg.insecure_allow_non_loopback) \
             if meta_cfg.enable else None
         self.stopping = asyncio.Event()
-        self._twins_seen: dict[tuple[str, str], dict[str, Any]] = {}  # last sent over MQTT
 
     def _logs(self, path: str, args: dict[str, Any]) -> tuple[int, str]:
         parts = path.split("/")  # logs/<namespace>/<pod>
@@ -85,47 +83,6 @@ class EdgeCore:
 
     def _runtime_changed(self) -> None:
         self.meta.report_node_status(self.cfg.node_name, self.node_object()["status"])
-
-    # ------------------------------------------------------------ devices over MQTT
-
-    def _publish_twin(self, device: dict[str, Any]) -> None:
-        from edgecore import eventbus
-        from edgecore.devicetwin import kubeedge_twins, twin_deltas, twin_values
-
-        meta = device["metadata"]
-        namespace, name = meta.get("namespace", "default"), meta["name"]
-        after = kubeedge_twins(device)
-        before = self._twins_seen.get((namespace, name), {})
-        self._twins_seen[(namespace, name)] = after
-        if twin_values(before) != twin_values(after):
-            self.eventbus.publish(eventbus.twin_document_topic(namespace, name),
-                                  eventbus.twin_document(before, after))
-        delta = twin_deltas(after)
-        if delta and delta != twin_deltas(before):
-            self.eventbus.publish(eventbus.twin_delta_topic(namespace, name),
-                                  eventbus.twin_delta(after, delta))
-
-    def _twin_from_app(self, namespace: str, name: str, values: dict[str, str]) -> None:
-        """An app set reported values over MQTT: they become the device's twins."""
-        from edgecore import eventbus
-        from edgecore.devicetwin import TwinError
-
-        stamp = str(eventbus.now_ms())
-        try:
-            self.devicetwin.apply_twins(namespace, name, [
-                {"propertyName": prop, "reported": {"value": value,
-                                                    "metadata": {"timestamp": stamp}}}
-                for prop, value in values.items()])
-        except TwinError as exc:
-            log.warning("twin update for %s/%s over MQTT refused: %s", namespace, name, exc)
-            self.eventbus.publish(eventbus.twin_update_result_topic(namespace, name),
-                                  eventbus.twin_update_error(str(exc)))
-            return
-        # KubeEdge answers an accepted update with the twins it now holds.
-        self.eventbus.publish(eventbus.twin_update_result_topic(namespace, name), {
-            "event_id": str(uuid.uuid4()), "timestamp": int(stamp),
-            "twin": {prop: eventbus.twin(actual=value, timestamp=int(stamp))
-                     for prop, value in values.items()}})
 
     def _upload(self, topic: str, payload: bytes) -> None:
         """An app's message on $hw/events/upload/#: to the cloud through the outbox."""
@@ -211,18 +168,15 @@ class EdgeCore:
         if twin_cfg.enable:
             from edgecore.devicetwin import DeviceTwin
 
+            self.devicetwin = DeviceTwin(self.meta, self.cfg.dmi_sock_path,
+                                         twin_cfg.dmi_sock_group, twin_cfg.max_message_bytes)
             bus_cfg = self.cfg.modules.event_bus
-            publish = None
             if bus_cfg.enable:
                 from edgecore.eventbus import EventBus
 
-                self.eventbus = EventBus(bus_cfg, self.cfg.node_name, self._twin_from_app,
-                                         self._upload)
-                publish = self._publish_twin
-                tasks.append(asyncio.create_task(self.eventbus.run(self.stopping)))
-            self.devicetwin = DeviceTwin(self.meta, self.cfg.dmi_sock_path,
-                                         twin_cfg.dmi_sock_group, twin_cfg.max_message_bytes,
-                                         publish)
+                self.devicetwin.bus = EventBus(bus_cfg, self.cfg.node_name,
+                                               self.devicetwin.update_from_app, self._upload)
+                tasks.append(asyncio.create_task(self.devicetwin.bus.run(self.stopping)))
             tasks.append(asyncio.create_task(self.devicetwin.run(self.stopping)))
         if self.cfg.modules.edge_hub.rotate_certificates:
             tasks.append(asyncio.create_task(self.certs.run(self.hub.switch, self.stopping)))

@@ -14,8 +14,8 @@ async def sleep_or_stop(seconds: float, stopping: asyncio.Event) -> bool:
         return False
 
 
-async def wait_any(seconds: float, *events: asyncio.Event) -> None:
-    """Return when any of ``events`` is set, or after ``seconds``."""
+async def wait_any(seconds: float | None, *events: asyncio.Event) -> None:
+    """Return when any of ``events`` is set, or after ``seconds`` (None: no deadline)."""
     waiters = [asyncio.ensure_future(event.wait()) for event in events]
     await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
     for waiter in waiters:

@@ -22,7 +22,7 @@ from mappers.sdk.device import DeviceRunner, Driver, now_ms
 from mappers.sdk.errors import DeviceError, MapperConfigError
 from mappers.sdk.spec import device_spec
 from moorage import __version__, config, sdnotify
-from moorage.aio import sleep_or_stop
+from moorage.aio import sleep_or_stop, wait_any
 from moorage.backoff import full_jitter
 from moorage.config import duration
 from moorage.dmi import api_pb2 as dmi
@@ -60,6 +60,14 @@ def load_config(path: str | Path, **overrides: Any) -> MapperConfig:
             setattr(cfg, name, value)
     cfg.validate("config")
     return cfg
+
+
+def _dmi_twins(runner: DeviceRunner, names: list[str]) -> list[dmi.Twin]:
+    return [dmi.Twin(propertyName=t["propertyName"],
+                     reported=dmi.TwinProperty(**t["reported"]) if "reported" in t else None,
+                     observedDesired=dmi.TwinProperty(**t["observedDesired"])
+                     if "observedDesired" in t else None)
+            for t in runner.twins(names)]
 
 
 def _remove(sock: Path) -> None:
@@ -151,11 +159,7 @@ class Mapper(dmi_grpc.DeviceMapperServiceServicer):
             return False
 
     async def _report(self, runner: DeviceRunner, names: list[str]) -> None:
-        twins = [dmi.Twin(propertyName=t["propertyName"],
-                          reported=dmi.TwinProperty(**t["reported"]) if "reported" in t else None,
-                          observedDesired=dmi.TwinProperty(**t["observedDesired"])
-                          if "observedDesired" in t else None)
-                 for t in runner.twins(names)]
+        twins = _dmi_twins(runner, names)
         await self._call("ReportDeviceStatus", dmi.ReportDeviceStatusRequest(
             deviceName=runner.spec.name, deviceNamespace=runner.spec.namespace,
             reportedDevice=dmi.DeviceStatus(twins=twins, reportToCloud=True)))
@@ -208,11 +212,7 @@ class Mapper(dmi_grpc.DeviceMapperServiceServicer):
                     await self._report_state(runner, runner.state)
             self.registered.set()
             self.reregister.clear()
-            stop = asyncio.create_task(self.stopping.wait())
-            again = asyncio.create_task(self.reregister.wait())
-            await asyncio.wait({stop, again}, return_when=asyncio.FIRST_COMPLETED)
-            stop.cancel()
-            again.cancel()
+            await wait_any(None, self.reregister, self.stopping)
 
     # ------------------------------------------------------------ DeviceMapperService
 
@@ -268,11 +268,7 @@ class Mapper(dmi_grpc.DeviceMapperServiceServicer):
         if running is not None:
             runner = running[0]
             del answer.status.twins[:]
-            for twin in runner.twins([p.name for p in runner.spec.properties]):
-                answer.status.twins.append(dmi.Twin(
-                    propertyName=twin["propertyName"],
-                    reported=dmi.TwinProperty(**twin["reported"]) if "reported" in twin
-                    else None))
+            answer.status.twins.extend(_dmi_twins(runner, [p.name for p in runner.spec.properties]))
         return dmi.GetDeviceResponse(device=answer)
 
     # ------------------------------------------------------------ process
