@@ -141,6 +141,7 @@ class DeviceTwin(dmi_grpc.DeviceManagerServiceServicer):
         # The MQTT EventBus, when enabled: twins go out on it, apps' updates come in.
         self.bus: eventbus.EventBus | None = None
         self.twins_published: dict[tuple[str, str], dict[str, Any]] = {}
+        self._saving = False
         self.mappers: dict[str, MapperRef] = {}  # by protocol
         self.sent: dict[tuple[str, str], tuple[str, str]] = {}  # device -> (mapper, spec)
         self.models_sent: dict[str, set[tuple[str, str]]] = {}  # mapper -> models it has
@@ -166,10 +167,12 @@ class DeviceTwin(dmi_grpc.DeviceManagerServiceServicer):
         if event.kind == "devices" and event.type == "DELETED":
             for counts in (self.reads, self.read_errors):
                 counts.pop((key[1] or "default", key[2]), None)
+        if self._saving:
+            return  # our own status write
         if event.kind == "devices" and event.type == "MODIFIED":
             sent = self.sent.get(key[1:])
             if sent is not None and sent[1] == spec_digest(event.obj):
-                return  # a status write, not a spec change
+                return  # the cloud changed the status only
         if event.kind == "devices" and event.type != "DELETED":
             self._publish(event.obj)  # new desired values: a delta for apps
         self.dirty.add(key)
@@ -251,9 +254,6 @@ class DeviceTwin(dmi_grpc.DeviceManagerServiceServicer):
 
     # ------------------------------------------------------------ DeviceManagerService
 
-    def _node_objects(self, plural: str) -> list[dict[str, Any]]:
-        return self.store.list(plural)
-
     async def MapperRegister(self, request: dmi.MapperRegisterRequest,
                              context: grpc.aio.ServicerContext) -> dmi.MapperRegisterResponse:
         info = request.mapper
@@ -273,10 +273,10 @@ class DeviceTwin(dmi_grpc.DeviceManagerServiceServicer):
         self.mappers[ref.protocol] = ref
         with contextlib.suppress(StoreError):
             self.store.set_state(f"mapper/{ref.name}", json.dumps(asdict(ref)))
-        devices = [d for d in self._node_objects("devices")
+        devices = [d for d in self.store.list("devices")
                    if (d.get("spec", {}).get("protocol") or {}).get("protocolName")
                    == ref.protocol]
-        models = self._node_objects("devicemodels")
+        models = self.store.list("devicemodels")
         self.models_sent[ref.name] = {(m["metadata"].get("namespace", "default"),
                                        m["metadata"]["name"]) for m in models}
         for device in devices:
@@ -299,8 +299,12 @@ class DeviceTwin(dmi_grpc.DeviceManagerServiceServicer):
 
     def _save(self, obj: dict[str, Any], status: dict[str, Any]) -> None:
         meta = obj["metadata"]
-        self.meta.report_status("devices", meta.get("namespace", "default"), meta["name"],
-                                status)
+        self._saving = True  # MetaManager tells its listeners, us too, synchronously
+        try:
+            self.meta.report_status("devices", meta.get("namespace", "default"), meta["name"],
+                                    status)
+        finally:
+            self._saving = False
         self._publish({**obj, "status": status})
 
     def _publish(self, device: dict[str, Any]) -> None:

@@ -37,6 +37,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, object_key TEXT NOT NULL,
     resource TEXT NOT NULL, operation TEXT NOT NULL, content TEXT NOT NULL,
     created REAL NOT NULL);
+-- Superseding and capping an object's unsent reports look them up at every report.
+CREATE INDEX IF NOT EXISTS outbox_by_object ON outbox (object_key, seq);
 CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
