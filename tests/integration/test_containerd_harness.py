@@ -42,7 +42,8 @@ def test_real_containerd_runs_the_local_busybox_image_and_cleans_up() -> None:
 
         # A unique id: runc state (/run/containerd/runc/k8s.io) and cgroups (k8s.io/<id>)
         # are shared by every containerd on the machine.
-        container_id = f"test-echo-{ctrd.dir.name}"
+        # containerd IDs allow single separators only; the temp dir name may hold "-_".
+        container_id = "test-echo-" + "".join(c for c in ctrd.dir.name if c.isalnum())
         run = ctr(ctrd.socket, "run", "--rm", ctrd.image, container_id, "echo", "hello-moorage")
         assert "hello-moorage" in run.stdout, run
         assert container_id not in ctr(ctrd.socket, "containers", "ls", "-q").stdout
