@@ -18,7 +18,16 @@ from typing import Any
 from cloudcore.hub import Hub
 from cloudcore.objects import Change, ObjectStore, key_of
 from cloudcore.routing import Router
-from cloudcore.sync import Key, NodeSync, Outgoing, Target
+from cloudcore.sync import (
+    Inventory,
+    InventoryError,
+    Key,
+    NodeSync,
+    Outgoing,
+    Target,
+    add_inventory_page,
+    stale_on_node,
+)
 from moorage import envelope
 from moorage.envelope import Message
 from moorage.errors import ProtocolError
@@ -57,6 +66,8 @@ class Dispatcher:
         self.sent = self.resent = self.acks = 0
         # Called with (node, message) when a node acknowledged a message (metrics).
         self.on_delivered: Callable[[str, Outgoing], None] | None = None
+        # Inventories being received, page by page, per node.
+        self.inventories: dict[str, Inventory] = {}
         store.listeners.append(self.on_change)
 
     async def load(self) -> None:
@@ -64,10 +75,14 @@ class Dispatcher:
             self._hold(node, await self.store.acked(node))
 
     def _hold(self, node: str, acked: dict[Key, tuple[str, int]]) -> None:
-        for key in self.acked.get(node, {}):
+        """Record what ``node`` holds, in place: a node's NodeSync shares the same dict."""
+        mine = self.acked.setdefault(node, {})
+        for key in mine:
             self.holders.get(key, set()).discard(node)
-        self.acked[node] = acked
-        for key in acked:
+        if mine is not acked:
+            mine.clear()
+            mine.update(acked)
+        for key in mine:
             self.holders.setdefault(key, set()).add(node)
 
     def sync_state(self, node: str, key: Key) -> str:
@@ -119,9 +134,10 @@ class Dispatcher:
             self.wake.set()
 
     async def node_connected(self, node: str) -> None:
-        acked = await self.store.acked(node)
-        self._hold(node, acked)
-        sync = NodeSync(node, acked, window=self.window, resend_after=self.resend_after)
+        self._hold(node, await self.store.acked(node))
+        self.inventories.pop(node, None)
+        sync = NodeSync(node, self.acked[node], window=self.window,
+                        resend_after=self.resend_after)
         sync.reconcile(self.desired(node))
         self.syncs[node] = sync
         if sync.backlog:
@@ -139,11 +155,13 @@ class Dispatcher:
             self.wake.set()
         else:
             del self.syncs[node]
+            self.inventories.pop(node, None)
             self.dirty.discard(node)
             self.awaiting.discard(node)
 
     async def node_deleted(self, node: str) -> None:
         self.syncs.pop(node, None)
+        self.inventories.pop(node, None)
         self._hold(node, {})
         self.acked.pop(node, None)
         self.dirty.discard(node)
@@ -173,6 +191,44 @@ class Dispatcher:
                 self.dirty.add(node)
                 self.wake.set()
             await self.store.record_ack(node, done.key, done.uid, done.resource_version)
+
+    async def inventory(self, node: str, content: Any) -> None:
+        """One page of what ``node`` holds, sent when it connects. The whole inventory
+        replaces the cloud's record of what the node acknowledged, so what the node lacks
+        is sent and what it should not hold is deleted, even after the cloud store was
+        restored from a backup or the node's store was lost."""
+        try:
+            partial, complete = add_inventory_page(self.inventories.get(node), content)
+        except InventoryError as exc:
+            self.inventories.pop(node, None)
+            raise ProtocolError(f"inventory: {exc}") from exc
+        if not complete:
+            self.inventories[node] = partial
+            return
+        self.inventories.pop(node, None)
+        if partial.seen > self.store.resource_version:
+            log.warning("node %s has seen resourceVersion %d, but the cloud store is at %d: "
+                        "the store went back in time (restored from a backup?). Moving past "
+                        "the node's versions and sending it what differs.", node, partial.seen,
+                        self.store.resource_version)
+            await self.store.advance_to(partial.seen)
+        held = partial.held or {}
+        before = self.acked.get(node, {})
+        if held != before:
+            extra = len(held.keys() - before.keys())
+            missing = len(before.keys() - held.keys())
+            log.info("node %s holds %d object(s): %d the cloud did not count on, %d it "
+                     "lacks; bringing it in line", node, len(held), extra, missing)
+        self._hold(node, held)
+        await self.store.replace_acked(node, held)
+        for key in stale_on_node(self.desired(node), partial):
+            await self.store.touch(key)  # the change feed queues it for the node
+        sync = self.syncs.get(node)
+        if sync is not None:
+            sync.reconcile(self.desired(node))
+            if sync.backlog:
+                self.dirty.add(node)
+                self.wake.set()
 
     async def apply_report(self, node: str, kind: str, namespace: str, name: str,
                            message: Message) -> None:

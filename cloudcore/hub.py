@@ -83,6 +83,8 @@ class Hub:
         self.on_report: Callable[[str, str, str, str, Message], Awaitable[None]] | None = None
         # Messages edge apps published on $hw/events/upload/#: (node, content).
         self.on_upload: Callable[[str, Any], Awaitable[None]] | None = None
+        # A page of what a node holds, sent on connecting (Dispatcher.inventory).
+        self.on_inventory: Callable[[str, Any], Awaitable[None]] | None = None
         # An edge app's HTTP request through the ServiceBus: answered off the reading loop.
         self.on_servicebus: Callable[[str, Message], Awaitable[Message]] | None = None
         self._answering: set[asyncio.Task[None]] = set()
@@ -312,6 +314,11 @@ class Hub:
                                                   else {})
             else:
                 raise ProtocolError(f"operation {message.operation!r} on {kind} not supported")
+            return message.reply("OK", source="cloudhub")
+        if kind == "inventory" and self.on_inventory is not None:
+            if name != node:
+                raise PermissionError(f"node {node!r} may not send the inventory of {name!r}")
+            await self.on_inventory(node, message.content)
             return message.reply("OK", source="cloudhub")
         if kind == "upload" and self.on_upload is not None:
             if name != node:

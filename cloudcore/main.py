@@ -71,6 +71,7 @@ class CloudCore:
         self.hub.on_disconnect = self.dispatcher.node_disconnected
         self.hub.on_ack = self.dispatcher.on_ack
         self.hub.on_report = self.dispatcher.apply_report
+        self.hub.on_inventory = self.dispatcher.inventory
         self.uploads = Uploads(self.store, cfg.modules.router)
         self.hub.on_upload = self.uploads.accept
         self.servicebus = ServiceBus(cfg.modules.service_bus, self.hub,

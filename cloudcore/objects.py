@@ -277,6 +277,38 @@ class ObjectStore:
             self._publish(Change("MODIFIED", kind, obj, rv, status_only))
             return obj
 
+    async def touch(self, key: Key) -> dict[str, Any] | None:
+        """Write ``key`` again unchanged under a new resourceVersion, so that nodes take it
+        (they refuse versions they have seen). None if it no longer exists."""
+        async with self._write:
+            current = self.cache.get(key)
+            if current is None:
+                return None
+            obj = copy.deepcopy(current)
+            async with self.engine.begin() as conn:
+                rv = await self._bump(conn)
+                obj["metadata"]["resourceVersion"] = str(rv)
+                await conn.execute(update(objects).where(
+                    objects.c.kind == key[0], objects.c.namespace == key[1],
+                    objects.c.name == key[2]).values(resource_version=rv, sync_version=rv,
+                                                     body=json.dumps(obj)))
+            self.cache[key] = obj
+            self.sync_versions[key] = rv
+            self._publish(Change("MODIFIED", key[0], obj, rv))
+            return obj
+
+    async def advance_to(self, resource_version: int) -> None:
+        """Move the version counter up to ``resource_version`` (never down): versions a node
+        has already seen are not handed out again."""
+        async with self._write:
+            if resource_version <= self.resource_version:
+                return
+            async with self.engine.begin() as conn:
+                await conn.execute(update(counter).where(
+                    counter.c.id == 1, counter.c.resource_version < resource_version)
+                    .values(resource_version=resource_version))
+            self.resource_version = resource_version
+
     async def delete(self, key: Key) -> dict[str, Any]:
         async with self._write:
             current = self.cache.get(key)
@@ -314,6 +346,15 @@ class ObjectStore:
                 await conn.execute(insert(object_sync).values(
                     node=node, kind=key[0], namespace=key[1], name=key[2], uid=uid,
                     resource_version=rv))
+
+    async def replace_acked(self, node: str, held: dict[Key, tuple[str, int]]) -> None:
+        """Record that ``node`` holds exactly ``held`` (what it reported on connecting)."""
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(object_sync).where(object_sync.c.node == node))
+            if held:
+                await conn.execute(insert(object_sync), [
+                    {"node": node, "kind": k, "namespace": ns, "name": n, "uid": uid,
+                     "resource_version": rv} for (k, ns, n), (uid, rv) in held.items()])
 
     async def forget_node(self, node: str) -> None:
         async with self.engine.begin() as conn:

@@ -136,3 +136,94 @@ def _same_target(message: Outgoing, target: Target | None) -> bool:
     if target is None:
         return message.resource_version is None
     return message.uid == target.uid and message.resource_version == target.resource_version
+
+
+# ------------------------------------------------------------ inventories
+
+MAX_INVENTORY_ENTRIES = 200_000  # objects plus deletions one node may report
+
+
+@dataclass
+class Inventory:
+    """What a node says it holds, assembled from its ``inventory`` pages.
+
+    ``seen`` is the highest resourceVersion the node has received (objects and
+    deletions): above the store's counter, the store went back in time.
+    """
+
+    seen: int = 0
+    held: dict[Key, Held] | None = None
+    deleted: dict[Key, int] | None = None
+    generation: str = ""
+    next_page: int = 0
+
+
+class InventoryError(ValueError):
+    """An inventory page that does not fit the protocol."""
+
+
+def add_inventory_page(partial: Inventory | None, content: Any) -> tuple[Inventory, bool]:
+    """Add one page to ``partial`` (None: nothing yet); returns it and whether it is complete.
+
+    A page of a new generation starts over, so a node that reconnected mid-way
+    sends its whole inventory again without confusing the cloud."""
+    if not isinstance(content, dict):
+        raise InventoryError("content: expected an object")
+    generation, page = content.get("generation"), content.get("page")
+    seen, last = content.get("resourceVersion"), content.get("last")
+    if not isinstance(generation, str) or not generation or len(generation) > 64:
+        raise InventoryError("content.generation: expected a short string")
+    if not isinstance(page, int) or isinstance(page, bool) or page < 0:
+        raise InventoryError("content.page: expected a page number")
+    if not isinstance(seen, int) or isinstance(seen, bool) or seen < 0:
+        raise InventoryError("content.resourceVersion: expected a non-negative integer")
+    if not isinstance(last, bool):
+        raise InventoryError("content.last: expected true or false")
+    if partial is None or partial.generation != generation:
+        if page != 0:
+            raise InventoryError(f"content.page: page {page} of an inventory whose first page "
+                                 "never came")
+        partial = Inventory(generation=generation, held={}, deleted={})
+    elif page != partial.next_page:
+        raise InventoryError(f"content.page: expected page {partial.next_page}, got {page}")
+    assert partial.held is not None and partial.deleted is not None
+    objects, deleted = content.get("objects", []), content.get("deleted", [])
+    if not isinstance(objects, list) or not isinstance(deleted, list):
+        raise InventoryError("content.objects and content.deleted: expected lists")
+    if len(partial.held) + len(partial.deleted) + len(objects) + len(deleted) > \
+            MAX_INVENTORY_ENTRIES:
+        raise InventoryError(f"the inventory has more than {MAX_INVENTORY_ENTRIES} entries")
+    for i, entry in enumerate(objects):
+        if not (isinstance(entry, list) and len(entry) == 5
+                and all(isinstance(part, str) for part in entry[:4])
+                and isinstance(entry[4], int) and not isinstance(entry[4], bool)):
+            raise InventoryError(f"content.objects[{i}]: expected [kind, namespace, name, uid, "
+                                 "resourceVersion]")
+        partial.held[(entry[0], entry[1], entry[2])] = (entry[3], entry[4])
+    for i, entry in enumerate(deleted):
+        if not (isinstance(entry, list) and len(entry) == 4
+                and all(isinstance(part, str) for part in entry[:3])
+                and isinstance(entry[3], int) and not isinstance(entry[3], bool)):
+            raise InventoryError(f"content.deleted[{i}]: expected [kind, namespace, name, "
+                                 "resourceVersion]")
+        partial.deleted[(entry[0], entry[1], entry[2])] = entry[3]
+    partial.seen = max(partial.seen, seen)
+    partial.next_page = page + 1
+    return partial, last
+
+
+def stale_on_node(desired: dict[Key, Target], inventory: Inventory) -> list[Key]:
+    """Objects the node must get but would refuse as old: it holds (or deleted) the key at a
+    version as new as the cloud's. That happens only after the cloud store went back in time
+    (a restore from a backup); such objects must be written again with a new version."""
+    held, deleted = inventory.held or {}, inventory.deleted or {}
+    stale = []
+    for key, target in desired.items():
+        have = held.get(key)
+        if have is not None:
+            if have[1] > target.resource_version or (
+                    have[1] == target.resource_version and have[0] != target.uid):
+                stale.append(key)
+        elif deleted.get(key, 0) >= target.resource_version:
+            stale.append(key)
+    return stale

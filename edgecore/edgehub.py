@@ -192,8 +192,25 @@ class EdgeHub:
         answer = await self.request(message, self.cfg.websocket.handshake_timeout)
         if answer is None:
             log.warning("the cloud did not acknowledge the node registration")
-        elif answer.operation == envelope.ERROR:
+            return
+        if answer.operation == envelope.ERROR:
             log.error("the cloud refused the node registration: %s", answer.content)
+            return
+        await self._send_inventory()
+
+    async def _send_inventory(self) -> None:
+        """Tell the cloud what this node holds, so it sends what is missing and deletes what
+        should be gone (its own record may be older: a restored backup, a lost ack)."""
+        for page in self.meta.inventory_pages():
+            message = Message(source="metamanager", group=envelope.GROUP_RESOURCE,
+                              operation=envelope.UPDATE,
+                              resource=f"default/inventory/{self.node_name}", content=page)
+            answer = await self.request(message, self.cfg.websocket.handshake_timeout)
+            if answer is None or answer.operation == envelope.ERROR:
+                # An older cloud does not know inventories; it syncs from its own record.
+                log.info("the cloud did not take this node's inventory (%s); it syncs from "
+                         "its own record", "no answer" if answer is None else answer.content)
+                return
 
     async def _heartbeat(self, stopping: asyncio.Event) -> None:
         while not await sleep_or_stop(self.cfg.heartbeat, stopping):

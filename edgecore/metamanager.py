@@ -7,8 +7,10 @@ outbox entry. Listeners (the MetaServer's watches) hear of every change.
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from edgecore.store import EdgeStore, Key, StoreError
@@ -22,6 +24,8 @@ log = logging.getLogger("edgecore.metamanager")
 
 HISTORY = 5_000
 REPORTS_KEPT = 1_000  # unsent status reports kept per object while the cloud is away
+# An inventory page stays far below the smallest frame a cloud accepts (64 KiB).
+INVENTORY_PAGE_BYTES = 32 * 1024
 
 
 class MetaManager:
@@ -90,6 +94,26 @@ class MetaManager:
             log.error("%s; the cloud will resend", exc)
             return message.reply(str(exc), source="metamanager", operation=envelope.ERROR)
         return message.reply("OK", source="metamanager")
+
+    def inventory_pages(self, page_bytes: int = INVENTORY_PAGE_BYTES) -> Iterator[dict[str, Any]]:
+        """What this node holds, as the pages of one ``inventory`` (see
+        cloudcore.sync.add_inventory_page): sent on every connection, so the cloud's record
+        of what the node holds cannot drift from the truth."""
+        seen, held, deleted = self.store.inventory()
+        generation = uuid.uuid4().hex
+        entries = [("objects", row) for row in held] + [("deleted", row) for row in deleted]
+        page: dict[str, Any] = {"objects": [], "deleted": []}
+        size, number = 0, 0
+        for section, row in entries:
+            cost = len(json.dumps(row)) + 1
+            if size and size + cost > page_bytes:
+                yield {"generation": generation, "page": number, "last": False,
+                       "resourceVersion": seen, **page}
+                page, size, number = {"objects": [], "deleted": []}, 0, number + 1
+            page[section].append(row)
+            size += cost
+        yield {"generation": generation, "page": number, "last": True,
+               "resourceVersion": seen, **page}
 
     # ------------------------------------------------------------ upstream
 

@@ -175,6 +175,18 @@ class EdgeStore:
         return {(k, ns, n): rv for k, ns, n, rv in self.db.execute(
             "SELECT kind, namespace, name, resource_version FROM meta")}
 
+    def inventory(self) -> tuple[int, list[list[Any]], list[list[Any]]]:
+        """What this node holds and deleted, for the cloud to check its record against:
+        (highest version seen, [[kind, namespace, name, uid, rv]], [[kind, namespace, name,
+        rv]])."""
+        held = [list(row) for row in self.db.execute(
+            "SELECT kind, namespace, name, uid, resource_version FROM meta")]
+        deleted = [list(row) for row in self.db.execute(
+            "SELECT kind, namespace, name, resource_version FROM tombstones")]
+        seen = max([self.resource_version, *(row[4] for row in held),
+                    *(row[3] for row in deleted)])
+        return seen, held, deleted
+
     # ------------------------------------------------------------ small local state
 
     def set_state(self, name: str, value: str) -> None:

@@ -5,7 +5,9 @@ The shell blocks are read from the guide itself (the ones marked
 the guide and this test cannot drift apart. The backup is taken while cloudcore runs
 and writes; after more changes, cloudcore is stopped, the backup restored, cloudcore
 started again: the store must hold exactly what it held at backup time, and the node
-enrolled before the backup must connect again with its certificate.
+enrolled before the backup must connect again with its certificate. The node held
+newer state than the restored store (and had seen versions the store hands out again):
+its inventory brings it in line with the restored store, and later writes reach it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,11 @@ from tests.support import (
     BIN,
     SCALE,
     Cloud,
+    Edge,
     Env,
+    enable_metaserver,
+    held,
+    http_json,
     join,
     make_cloud,
     wait_for,
@@ -53,6 +59,16 @@ def run_documented(step: str, env: Env, data: Path, backup: Path) -> None:
 def configmap(name: str, value: str) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": name, "namespace": "default"}, "data": {"value": value}}
+
+
+def consumer(node: str, configmaps: list[str]) -> dict[str, Any]:
+    """A pod on ``node`` that mounts ``configmaps``: the cloud sends them to that node."""
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "consumer", "namespace": "default"},
+            "spec": {"nodeName": node,
+                     "containers": [{"name": "app", "image": "docker.io/library/busybox"}],
+                     "volumes": [{"name": name, "configMap": {"name": name}}
+                                 for name in configmaps]}}
 
 
 def thermometer(name: str, node: str) -> list[dict[str, Any]]:
@@ -90,11 +106,13 @@ def test_documented_backup_and_restore(env: Env) -> None:
     cloud = make_cloud(env)
     cloud.start()
     edge = join(cloud, "edge-1")
+    enable_metaserver(edge)
     edge.start()
     wait_for(lambda: cloud.node_ready("edge-1") is True, 20, what="edge-1 Ready")
 
     cloud.moorage("apply", "-f", str(write_manifests(env.root / "before.yaml", [
         configmap("kept", "1"), configmap("changed", "old"), configmap("deleted", "1"),
+        consumer("edge-1", ["kept", "changed", "deleted", "created-later", "after-restore"]),
         *thermometer("thermometer-1", "edge-1")])))
     at_backup = snapshot(cloud)
     assert {"configmaps/default/kept", "configmaps/default/changed",
@@ -114,6 +132,10 @@ def test_documented_backup_and_restore(env: Env) -> None:
     cloud.moorage("delete", "configmap", "deleted")
     cloud.moorage("delete", "device", "thermometer-1")
     assert snapshot(cloud) != at_backup
+    wait_for(lambda: held(edge, "configmaps") >= {"created-later"} and
+             edge_value(edge, "changed") == "new" and
+             not held(edge, "devices", "/apis/devices.kubeedge.io/v1beta1"), 20,
+             what=lambda: f"the changes after the backup on the node: {node_state(edge)}")
 
     cloud.stop()
     run_documented("restore", env, cloud.dir, backup)
@@ -124,3 +146,32 @@ def test_documented_backup_and_restore(env: Env) -> None:
     cloud.daemon.wait_log("node edge-1 connected from", 20, count=2)
     wait_for(lambda: cloud.node_ready("edge-1") is True, 20, what="edge-1 Ready after restore")
     assert edge.daemon is not None and edge.daemon.running
+
+    # The node had seen versions above the restored counter: the cloud says so and moves on.
+    cloud.daemon.wait_log("the store went back in time (restored from a backup?)", 20)
+    # The node drops what was created after the backup, gets back what was deleted, and
+    # the restored version of what changed (which carries an older resourceVersion).
+    wait_for(lambda: held(edge, "configmaps") >= {"kept", "changed", "deleted"} and
+             "created-later" not in held(edge, "configmaps") and
+             edge_value(edge, "changed") == "old" and
+             held(edge, "devices", "/apis/devices.kubeedge.io/v1beta1") == {"thermometer-1"},
+             30, what=lambda: f"the node in line with the restored store: {node_state(edge)}")
+    # New writes get versions the node has not seen, so it takes them.
+    cloud.moorage("apply", "-f", str(write_manifests(env.root / "later.yaml", [
+        configmap("kept", "2"), configmap("after-restore", "1")])))
+    wait_for(lambda: edge_value(edge, "kept") == "2" and
+             "after-restore" in held(edge, "configmaps"), 20,
+             what=lambda: f"writes after the restore on the node: {node_state(edge)}")
+
+
+def edge_value(edge: Edge, name: str) -> str | None:
+    """The ``value`` of ConfigMap default/NAME as the node's MetaServer serves it."""
+    items = http_json(edge.metaserver_port, "/api/v1/namespaces/default/configmaps")["items"]
+    found = [i for i in items if i["metadata"]["name"] == name]
+    return found[0].get("data", {}).get("value") if found else None
+
+
+def node_state(edge: Edge) -> str:
+    configmaps = {name: edge_value(edge, name) for name in sorted(held(edge, "configmaps"))}
+    devices = held(edge, "devices", "/apis/devices.kubeedge.io/v1beta1")
+    return f"configmaps {configmaps}, devices {sorted(devices)}\n{edge.log()[-3000:]}"
