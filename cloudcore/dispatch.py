@@ -215,12 +215,13 @@ class Dispatcher:
         held = partial.held or {}
         before = self.acked.get(node, {})
         if held != before:
+            # Usually only acks still on their way; a restore or a lost store shows here.
             extra = len(held.keys() - before.keys())
             missing = len(before.keys() - held.keys())
             log.info("node %s holds %d object(s): %d the cloud did not count on, %d it "
                      "lacks; bringing it in line", node, len(held), extra, missing)
-        self._hold(node, held)
-        await self.store.replace_acked(node, held)
+            self._hold(node, held)
+            await self.store.replace_acked(node, held)
         for key in stale_on_node(self.desired(node), partial):
             await self.store.touch(key)  # the change feed queues it for the node
         sync = self.syncs.get(node)

@@ -120,3 +120,28 @@ def test_edgecore_killed_mid_stream_converges_after_restart(env: Env) -> None:
     for edge in edges[:-1]:
         wait_for(lambda e=edge: holdings(e) == expected_for(e.name), 60,
                  what=f"{edge.name} complete")
+
+
+def test_a_node_whose_store_was_lost_gets_everything_again(env: Env) -> None:
+    """The node's disk was replaced (its certificate kept): the cloud's record says it holds
+    everything, its inventory says nothing; the inventory wins."""
+    cloud = make_cloud(env).start()
+    (edge,) = start_fleet(cloud, ["n0"])
+    path = str(write_manifests(env.root / "fleet.yaml",
+                               fleet_manifests(["n0"], pods=10, configmaps=5, secrets=2,
+                                               devices=2)))
+    cloud.moorage("apply", "-f", path)
+    want = expected_for("n0", pods=10, configmaps=5, secrets=2, devices=2)
+    wait_for(lambda: holdings(edge) == want, 60, what="n0 complete")
+
+    edge.stop()
+    for lost in edge.dir.glob("edgecore.db*"):
+        lost.unlink()
+    edge.start()
+    assert edge.daemon is not None
+    edge.daemon.wait_log("serving 0 object(s) from the local store", 20)
+    wait_for(lambda: holdings(edge) == want, 60, what="n0 complete again")
+    assert same_versions(edge, cloud_objects(cloud))
+    assert cloud.daemon is not None
+    cloud.daemon.wait_log(f"node n0 holds 0 object(s): 0 the cloud did not count on, "
+                          f"{sum(map(len, want.values()))} it lacks", 20)
