@@ -18,6 +18,7 @@ it never raises anything else.
 
 from __future__ import annotations
 
+import difflib
 import math
 import struct
 from dataclasses import dataclass
@@ -33,8 +34,25 @@ DATA_TYPES = (*NUMERIC, "boolean", "string")
 MAX_LIMIT = 125  # the most registers one Modbus read may ask for
 
 
+VISITOR_FIELDS = ("register", "offset", "limit", "dataType", "scale", "isSwap",
+                  "isRegisterSwap")
+
+
 class CodecError(ValueError):
     """A visitor that makes no sense, or register contents that cannot be the value."""
+
+
+def check_field_names(data: dict[str, Any], known: tuple[str, ...], where: str) -> None:
+    """Refuse a field that is a misspelling of a known one (``slaveId`` for ``slaveID``):
+    read as absent, its default would quietly address the wrong register or device.
+    Fields that resemble none are left alone: KubeEdge manifests carry others."""
+    for name in data:
+        if not isinstance(name, str) or name in known:
+            continue
+        near = [k for k in known if k.lower() == name.lower()] or \
+            difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+        if near:
+            raise CodecError(f"{where}.{name}: unknown field; did you mean {near[0]}?")
 
 
 @dataclass(frozen=True)
@@ -60,6 +78,7 @@ class Visitor:
         """Parse KubeEdge's visitor configData, with errors naming the field."""
         if not isinstance(data, dict):
             raise CodecError(f"{where}: expected a mapping")
+        check_field_names(data, VISITOR_FIELDS, where)
         register = data.get("register")
         if register not in REGISTER_TYPES:
             raise CodecError(f"{where}.register: {register!r} is not one of "

@@ -16,7 +16,14 @@ from typing import Any
 
 from pymodbus.exceptions import ModbusException
 
-from mappers.modbus.codec import CodecError, Visitor, decode_bits, decode_registers, encode
+from mappers.modbus.codec import (
+    CodecError,
+    Visitor,
+    check_field_names,
+    decode_bits,
+    decode_registers,
+    encode,
+)
 from mappers.sdk.errors import DeviceError, DeviceUnreachable
 
 log = logging.getLogger("mappers.modbus")
@@ -32,6 +39,8 @@ EXCEPTION_CODES = {
     11: "gateway target device failed to respond",
 }
 PARITY = {"none": "N", "n": "N", "even": "E", "e": "E", "odd": "O", "o": "O"}
+PROTOCOL_FIELDS = ("communicateMode", "ip", "port", "slaveID", "serialPort", "serialName",
+                   "baudRate", "dataBits", "parity", "stopBits", "timeout")
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,7 @@ class Protocol:
     def from_config(cls, data: Any, where: str = "protocol.configData") -> Protocol:
         if not isinstance(data, dict):
             raise CodecError(f"{where}: expected a mapping")
+        check_field_names(data, PROTOCOL_FIELDS, where)
         mode = str(data.get("communicateMode", "TCP")).upper()
         if mode not in ("TCP", "RTU"):
             raise CodecError(f"{where}.communicateMode: {mode!r} is not TCP or RTU")

@@ -16,6 +16,7 @@ from mappers.modbus.codec import (
     decode_registers,
     encode,
 )
+from mappers.modbus.driver import Protocol
 
 RANGES = {"int16": (-(2**15), 2**15 - 1), "uint16": (0, 2**16 - 1),
           "int32": (-(2**31), 2**31 - 1), "uint32": (0, 2**32 - 1)}
@@ -113,6 +114,9 @@ def test_non_finite_floats_are_refused(raw: bytes) -> None:
     ({"register": "HoldingRegister", "limit": 126}, "cannot be read in one request"),
     ({"register": "HoldingRegister", "scale": 0}, "scale: expected a non-zero number"),
     ({"register": "HoldingRegister", "isSwap": "yes"}, "isSwap: expected true or false"),
+    ({"register": "HoldingRegister", "datatype": "int32"},
+     "datatype: unknown field; did you mean dataType"),
+    ({"register": "HoldingRegister", "ofset": 3}, "ofset: unknown field; did you mean offset"),
 ])
 def test_bad_visitors_are_refused_naming_the_field(config: dict[str, object],
                                                    message: str) -> None:
@@ -129,3 +133,26 @@ def test_writes_are_checked() -> None:
         encode("warm", visitor("float32"))
     with pytest.raises(CodecError, match="not a boolean"):
         encode("maybe", visitor("boolean", register="CoilRegister"))
+
+
+@pytest.mark.parametrize("config,message", [
+    ({"communicateMode": "TCP", "ip": "127.0.0.1", "slaveId": 3},
+     r"protocol.configData.slaveId: unknown field; did you mean slaveID\?"),
+    ({"communicateMode": "RTU", "serialPort": "/dev/ttyUSB0", "baudrate": 19200},
+     "baudrate: unknown field; did you mean baudRate"),
+    ({"communicateMode": "RTU", "serialport": "/dev/ttyUSB0"},
+     "serialport: unknown field; did you mean serialPort"),
+])
+def test_misspelled_protocol_fields_are_refused(config: dict[str, object], message: str) -> None:
+    """Read as absent, a misspelled slaveID would address slave 1: refused instead."""
+    with pytest.raises(CodecError, match=message):
+        Protocol.from_config(config)
+
+
+def test_fields_unlike_any_known_one_are_left_alone() -> None:
+    """KubeEdge manifests carry other fields; only near misses of ours are refused."""
+    protocol = Protocol.from_config({"communicateMode": "TCP", "ip": "127.0.0.1", "slaveID": 4,
+                                     "protocolName": "modbus", "comment": "boiler room"})
+    assert protocol.slave_id == 4
+    assert Visitor.from_config({"register": "CoilRegister", "offset": 2,
+                                "note": "door"}).offset == 2
