@@ -91,8 +91,25 @@ class Hub:
 
     async def start(self) -> None:
         s = self.settings
+        hub = self
+
+        class Connection(ServerConnection):
+            async def handshake(self, *args: Any, **kwargs: Any) -> None:
+                started = time.monotonic()
+                try:
+                    await super().handshake(*args, **kwargs)
+                except asyncio.CancelledError:
+                    # websockets cancels the handshake at open_timeout and drops the
+                    # connection without a word: say so, and count it.
+                    if time.monotonic() - started >= s.handshake_timeout * 0.9:
+                        hub._note_refusal(
+                            self, f"dropped: no WebSocket upgrade request within "
+                            f"{s.handshake_timeout:g}s after the TLS handshake (not an "
+                            "edgecore, or a proxy in between holding the request?)", "timeout")
+                    raise
+
         self.server = await serve(
-            self._handle, s.host, s.port, ssl=self.ssl_context,
+            self._handle, s.host, s.port, ssl=self.ssl_context, create_connection=Connection,
             process_request=self._check_request,
             compression=None,
             max_size=s.max_message_bytes,
@@ -125,24 +142,27 @@ class Hub:
 
     def _refuse(self, connection: ServerConnection, status: HTTPStatus, why: str,
                 reason: str) -> Response:
+        self._note_refusal(connection, f"refused ({status.value}): {why}", reason)
+        return Response(status.value, status.phrase, Headers([("Content-Type", "text/plain")]),
+                        (why + "\n").encode())
+
+    def _note_refusal(self, connection: ServerConnection, what: str, reason: str) -> None:
         self.refusals[reason] += 1
         peer = connection.remote_address
         where = f"{peer[0]}:{peer[1]}" if peer else "?"
         # A refused node retries for ever (a revoked one, say): the same refusal of the
         # same host is a warning once per REFUSAL_LOG_PERIOD, debug in between.
         now = time.monotonic()
-        seen_key = (peer[0] if peer else "?", why)
+        seen_key = (peer[0] if peer else "?", what)
         if len(self._refusals_logged) > 10_000:
             self._refusals_logged.clear()
         quiet = now - self._refusals_logged.get(seen_key, -REFUSAL_LOG_PERIOD) < \
             REFUSAL_LOG_PERIOD
         if not quiet:
             self._refusals_logged[seen_key] = now
-        log.log(logging.DEBUG if quiet else logging.WARNING,
-                "connection from %s refused (%d): %s%s", where, status.value, why,
-                "" if quiet else " (repeats of this are logged at debug level for 10 minutes)")
-        return Response(status.value, status.phrase, Headers([("Content-Type", "text/plain")]),
-                        (why + "\n").encode())
+        log.log(logging.DEBUG if quiet else logging.WARNING, "connection from %s %s%s", where,
+                what, "" if quiet else " (repeats of this are logged at debug level for "
+                "10 minutes)")
 
     def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
         identity = from_transport(connection.transport)

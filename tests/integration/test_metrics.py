@@ -13,6 +13,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from certs import tls
 from tests.integration.test_devices import device, model, prop, start_mapper
 from tests.modbus import ModbusSim, modbus_available
 from tests.support import (
@@ -189,3 +190,21 @@ def test_cloud_and_edge_metrics_move(env: Env, tmp_path: Path) -> None:
         edge.stop()
         wait_for(lambda: value(cport, "connected_nodes") == 0, 15)
         assert "Traceback" not in cloud.log() + edge.log() + mapper.log()
+
+
+def test_a_connection_that_never_asks_for_the_upgrade_is_logged_and_counted(env: Env) -> None:
+    """TLS completes with a node certificate, then silence: websockets drops such a
+    connection at the handshake timeout without a word; the hub says so and counts it."""
+    cloud = make_cloud(env, handshakeTimeout="1s")
+    port = with_metrics(cloud)
+    cloud.start()
+    edge = join(cloud, "quiet")
+    ctx = tls.client_context(ca_file=edge.pki / "ca.crt", cert_file=edge.pki / "edge.crt",
+                             key_file=edge.pki / "edge.key")
+    sock = socket.create_connection(("127.0.0.1", cloud.hub_port), timeout=10)
+    with ctx.wrap_socket(sock, server_hostname="127.0.0.1") as tls_sock:
+        assert tls_sock.recv(100) == b""  # the hub closes it; nothing was ever sent
+    assert cloud.daemon is not None
+    cloud.daemon.wait_log("dropped: no WebSocket upgrade request within 1s after the TLS "
+                          "handshake", 10)
+    assert value(port, "cloudcore_handshake_failures_total", reason="timeout") == 1
