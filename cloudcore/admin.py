@@ -22,6 +22,7 @@ from cloudcore.servicebus import ServiceBus, parse_proxy_path
 from moorage import __version__, envelope, kubeapi
 from moorage.durations import parse_seconds
 from moorage.errors import ConfigError, ManifestError
+from moorage.fields import check_fields
 from moorage.kubeapi import not_found, status_body
 from moorage.resources import KINDS, MAX_OBJECT_BYTES, Kind, ValidationError, validate
 from moorage.selectors import merge_patch
@@ -38,6 +39,29 @@ def invalid(exc: ValidationError, plural: str) -> web.Response:
     causes = [{"reason": "FieldValueInvalid", "message": message, "field": field}
               for field, message in exc.causes]
     return status_body(422, "Invalid", str(exc), name=exc.name, kind=plural, causes=causes)
+
+
+def field_warnings(request: web.Request, kind: Kind, body: Any) -> list[str]:
+    """Kubernetes' ``fieldValidation``: Strict refuses unknown fields, Warn (the default)
+    and Strict return warnings (``Warning`` headers, which kubectl prints), Ignore neither.
+    Fields Kubernetes has but Moorage does not act on are warnings, never refusals."""
+    mode = request.query.get("fieldValidation", "Warn")
+    if mode not in ("Strict", "Warn", "Ignore"):
+        raise ManifestError(f"fieldValidation: {mode!r} is not Strict, Warn or Ignore")
+    if mode == "Ignore":
+        return []
+    report = check_fields(kind.kind, body)
+    name = body.get("metadata", {}).get("name", "") if isinstance(body, dict) else ""
+    if mode == "Strict" and report.unknown:
+        raise ValidationError(kind.kind, str(name), report.unknown)
+    warnings = [f"{path}: {message}" for path, message in report.unknown]
+    return warnings + [f"{path}: not supported by Moorage, ignored" for path in report.ignored]
+
+
+def with_warnings(response: web.Response, warnings: list[str]) -> web.Response:
+    for text in warnings[:20]:
+        response.headers.add("Warning", '299 - "' + text.replace('"', "'") + '"')
+    return response
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -193,10 +217,11 @@ class AdminAPI:
         found, obj = validate(body, namespace or "default")
         if found != kind:
             raise ManifestError(f"the body is a {found.kind}, but the path is for {kind.plural}")
+        warnings = field_warnings(request, kind, body)
         if kind.plural != "nodes":
             obj.pop("status", None)  # status is reported by nodes, not set by clients
         created = await self.store.create(kind.plural, obj)
-        return web.json_response(created, status=201)
+        return with_warnings(web.json_response(created, status=201), warnings)
 
     async def _update(self, request: web.Request, kind: Kind, namespace: str, name: str,
                       sub: str, patch: bool) -> web.Response:
@@ -222,13 +247,14 @@ class AdminAPI:
         if kind.namespaced:
             meta["namespace"] = namespace
         _, obj = validate(body, namespace or "default")
+        warnings = field_warnings(request, kind, body)
         if sub == "status":
             new = {**current, "status": obj.get("status", {})}
         else:
             new = {**obj, "status": current.get("status", {})} if "status" in current else obj
         expected = meta.get("resourceVersion") if not patch else None
         updated = await self.store.replace(kind.plural, new, expected, status_only=sub == "status")
-        return web.json_response(updated)
+        return with_warnings(web.json_response(updated), warnings)
 
     async def _delete(self, kind: Kind, namespace: str, name: str) -> web.Response:
         if kind.plural == "nodes":

@@ -20,7 +20,7 @@ from urllib.parse import urlencode
 
 from certs import CertError, pki
 from certs.files import ensure_private_dir, write_private, write_public
-from moorage import __version__, config, kubeconfig, resources, tables, yamlio
+from moorage import __version__, config, fields, kubeconfig, resources, tables, yamlio
 from moorage.client import TABLE, AdminClient
 from moorage.durations import parse_duration
 from moorage.errors import APIError, ConfigError, ManifestError, MoorageError
@@ -260,12 +260,30 @@ def _documents(path: str) -> list[tuple[str, Any]]:
     return docs
 
 
+def _check_fields(args: argparse.Namespace, kind: resources.Kind, obj: dict[str, Any],
+                  where: str) -> None:
+    """``--validate``: strict (the default, like kubectl) refuses unknown fields; strict and
+    warn print a warning for each field Moorage ignores (and warn for unknown ones)."""
+    mode = getattr(args, "validate", "ignore")  # delete -f: fields do not matter
+    if mode == "ignore":
+        return
+    report = fields.check_fields(kind.kind, obj)
+    if mode == "strict" and report.unknown:
+        raise resources.ValidationError(kind.kind, obj["metadata"].get("name", ""),
+                                        report.unknown)
+    for path, message in report.unknown:
+        print(f"Warning: {where}: {path}: {message}", file=sys.stderr)
+    for path in report.ignored:
+        print(f"Warning: {where}: {path}: not supported by Moorage, ignored", file=sys.stderr)
+
+
 def _validated(args: argparse.Namespace) -> list[tuple[resources.Kind, dict[str, Any]]]:
     """All documents checked first: one bad document means nothing is applied."""
     checked, problems = [], []
     for where, doc in _documents(args.filename):
         try:
             kind, obj = resources.validate(doc, args.namespace or "default")
+            _check_fields(args, kind, obj, where)
             size = len(json.dumps(obj))
             if size > resources.MAX_OBJECT_BYTES:
                 raise ManifestError(f"{kind.kind} is {size} bytes, more than the "
@@ -537,6 +555,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = cloud(sub.add_parser("apply", help="create or update resources from manifests"))
     p.add_argument("-f", "--filename", required=True, help="a file, a directory, or -")
     p.add_argument("-n", "--namespace")
+    p.add_argument("--validate", choices=["strict", "warn", "ignore"], default="strict",
+                   help="unknown fields: refuse them (default), warn, or ignore")
     p.set_defaults(func=cmd_apply)
 
     p = cloud(sub.add_parser("delete", help="delete resources (a node: revoke it too)"))

@@ -86,6 +86,21 @@ def test_kubectl_against_the_admin_api(env: Env) -> None:
         assert "spec.containers[0].image: required" in refused.stderr
         nodes = kubectl(*kc, "get", "nodes", env=env)
         assert nodes.returncode == 0
+
+        # kubectl asks for strict field validation by default, and prints warnings.
+        typo = pod("typo", "somewhere")
+        typo["spec"]["containers"][0].update(  # type: ignore[index]
+            imagee="busybox", imagePullPolicy="Always")
+        typo_file = write_manifests(env.root / "typo.yaml", [typo])
+        strict = kubectl(*kc, "create", "-f", str(typo_file), env=env)
+        assert strict.returncode != 0
+        assert "spec.containers[0].imagee: unknown field; did you mean image?" in strict.stderr
+        warned = kubectl(*kc, "create", "-f", str(typo_file), "--validate=warn", env=env)
+        assert warned.returncode == 0, warned.stderr
+        assert "Warning: spec.containers[0].imagee: unknown field; did you mean image?" in \
+            warned.stderr
+        assert "Warning: spec.containers[0].imagePullPolicy: not supported by Moorage, " \
+            "ignored" in warned.stderr
     finally:
         watcher.stop()
 

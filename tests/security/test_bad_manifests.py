@@ -27,6 +27,10 @@ CASES = {
     "bad name": ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: Not_OK}\n",
                  'metadata.name: invalid value "Not_OK"'),
     "not yaml": ("apiVersion: v1\nkind: [unclosed\n", "invalid YAML at line"),
+    "misspelled field": ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n"
+                         "  containers:\n  - {name: c, image: x, imagePullPolciy: Always}\n",
+                         "spec.containers[0].imagePullPolciy: unknown field; did you mean "
+                         "imagePullPolicy?"),
     "alias bomb": ("a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a]\n"
                    "c: &c [*b, *b, *b, *b, *b, *b, *b]\nd: [*c, *c, *c, *c, *c, *c, *c]\n",
                    "YAML aliases (*a) are not accepted"),
@@ -107,3 +111,56 @@ def test_api_refuses_bad_bodies_with_kubernetes_status(cloud: Cloud) -> None:
     status, body = _post(cloud, pods, b'{"a": "' + b"x" * (2 * 1024 * 1024) + b'"}')
     assert status == 413
     assert _version(cloud) == before
+
+
+def test_cli_warns_about_fields_moorage_ignores_and_can_be_told_to_warn_only(
+        cloud: Cloud) -> None:
+    path = cloud.env.root / "probe.yaml"
+    path.write_text("apiVersion: v1\nkind: Pod\nmetadata: {name: probed}\nspec:\n"
+                    "  nodeName: nowhere\n  containers:\n  - name: c\n    image: x\n"
+                    "    livenessProbe: {exec: {command: [true]}}\n")
+    applied = cloud.moorage("apply", "-f", str(path))
+    assert "pod/probed created" in applied.stdout
+    assert f"Warning: {path}#0: spec.containers[0].livenessProbe: not supported by Moorage, " \
+           "ignored" in applied.stderr
+
+    typo = cloud.env.root / "typo.yaml"
+    typo.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: typo}\ndat: {a: b}\n")
+    assert cloud.moorage("apply", "-f", str(typo), check=False).returncode == 1
+    warned = cloud.moorage("apply", "-f", str(typo), "--validate=warn")
+    assert "configmap/typo created" in warned.stdout
+    assert "dat: unknown field; did you mean data?" in warned.stderr
+    cloud.moorage("delete", "-f", str(typo))  # a delete does not care about fields
+    cloud.moorage("delete", "-f", str(path))
+
+
+def test_api_field_validation_strict_refuses_and_warn_answers_with_warnings(
+        cloud: Cloud) -> None:
+    access = kubeconfig.load(cloud.kubeconfig)
+    body = json.dumps({"apiVersion": "v1", "kind": "ConfigMap",
+                       "metadata": {"name": "checked", "namespace": "default"},
+                       "data": {"a": "b"}, "immutable": True, "dta": {}}).encode()
+
+    def post(mode: str) -> tuple[int, list[str], dict[str, object]]:
+        conn = http.client.HTTPSConnection(access.host, access.port,
+                                           context=access.ssl_context, timeout=30)
+        try:
+            conn.request("POST", f"/api/v1/namespaces/default/configmaps?fieldValidation={mode}",
+                         body=body, headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            return (response.status, response.headers.get_all("Warning") or [],
+                    json.loads(response.read()))
+        finally:
+            conn.close()
+
+    status, warnings, answer = post("Strict")
+    assert (status, answer["reason"]) == (422, "Invalid")
+    assert {"reason": "FieldValueInvalid", "field": "dta",
+            "message": "unknown field; did you mean data?"} in answer["details"]["causes"]
+    status, _, answer = post("Bogus")
+    assert status == 400 and "fieldValidation" in str(answer["message"])
+    status, warnings, _ = post("Warn")
+    assert status == 201
+    assert warnings == ['299 - "dta: unknown field; did you mean data?"',
+                        '299 - "immutable: not supported by Moorage, ignored"']
+    cloud.moorage("delete", "configmap", "checked")
