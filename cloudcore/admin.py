@@ -24,8 +24,8 @@ from moorage.durations import parse_seconds
 from moorage.errors import ConfigError, ManifestError
 from moorage.fields import check_fields
 from moorage.kubeapi import not_found, status_body
+from moorage.patch import merge_patch, strategic_merge_patch
 from moorage.resources import KINDS, MAX_OBJECT_BYTES, Kind, ValidationError, validate
-from moorage.selectors import merge_patch
 from moorage.token import JoinToken, sign_jwt
 
 log = logging.getLogger("cloudcore.admin")
@@ -234,8 +234,11 @@ class AdminAPI:
             if "json-patch" in request.content_type:
                 return status_body(415, "UnsupportedMediaType",
                                    "JSON patch is not supported: use a merge patch "
-                                   "(--type merge)")
-            body = merge_patch(current, body)
+                                   "(--type merge) or a strategic merge patch")
+            if "strategic-merge-patch" in request.content_type:
+                body = strategic_merge_patch(kind.kind, current, body)
+            else:
+                body = merge_patch(current, body)
         if not isinstance(body, dict):
             raise ManifestError("the request body must be a JSON object")
         body.setdefault("apiVersion", kind.api_version)

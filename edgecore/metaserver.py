@@ -19,7 +19,7 @@ from edgecore.metamanager import MetaManager
 from moorage import kubeapi
 from moorage.errors import ManifestError
 from moorage.kubeapi import not_found, status_body
-from moorage.selectors import merge_patch
+from moorage.patch import merge_patch
 
 log = logging.getLogger("edgecore.metaserver")
 

@@ -3,6 +3,7 @@ against an edge's MetaServer."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -136,3 +137,35 @@ def test_metaserver_refuses_a_non_loopback_address(env: Env) -> None:
     assert result.returncode == 2
     assert "0.0.0.0 is not a loopback address" in result.stderr
     assert Path(edge.config).exists()
+
+
+def test_kubectl_apply_updates_pods_by_strategic_merge(env: Env) -> None:
+    """kubectl apply sends a strategic merge patch: containers merge by name, and what was
+    dropped from the manifest is deleted."""
+    cloud = make_cloud(env).start()
+    kc = ["--kubeconfig", str(cloud.kubeconfig)]
+
+    def apply(image: str, env_vars: list[dict[str, str]], sidecar: bool) -> None:
+        manifest = pod("applied", "somewhere")
+        app = manifest["spec"]["containers"][0]  # type: ignore[index]
+        app.update(image=image, command=["sleep", "3600"], env=env_vars)
+        if sidecar:
+            manifest["spec"]["containers"].append(  # type: ignore[index]
+                {"name": "sidecar", "image": "side:1"})
+        path = write_manifests(env.root / "applied.yaml", [manifest])
+        done = kubectl(*kc, "apply", "-f", str(path), env=env)
+        assert done.returncode == 0, done.stderr
+
+    def spec() -> dict[str, object]:
+        return json.loads(cloud.moorage("get", "pod", "applied", "-o", "json").stdout)["spec"]
+
+    apply("busybox:1", [{"name": "A", "value": "1"}], sidecar=True)
+    apply("busybox:2", [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}], sidecar=True)
+    app, sidecar = spec()["containers"]  # type: ignore[misc]
+    assert app == {"name": "c", "image": "busybox:2", "command": ["sleep", "3600"],
+                   "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]}
+    assert sidecar == {"name": "sidecar", "image": "side:1"}
+
+    apply("busybox:2", [{"name": "B", "value": "2"}], sidecar=False)
+    (app,) = spec()["containers"]  # type: ignore[misc]
+    assert app["env"] == [{"name": "B", "value": "2"}]

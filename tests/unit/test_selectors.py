@@ -11,7 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from moorage.errors import ManifestError
-from moorage.selectors import field_selector, label_selector, merge_patch
+from moorage.patch import merge_patch
+from moorage.selectors import field_selector, label_selector
 
 
 def labelled(**labels: str) -> dict[str, Any]:
