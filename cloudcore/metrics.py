@@ -42,6 +42,7 @@ from sqlalchemy import text
 from certs import pki
 from cloudcore.objects import Change, Key, key_of
 from cloudcore.sync import Outgoing
+from moorage import kubeconfig
 from moorage import metrics as endpoint
 
 if TYPE_CHECKING:
@@ -104,11 +105,12 @@ class WriteTimes:
         return self.clock() - at
 
 
-class ServerCertificate:
-    """The server certificate's expiry, read again only when the file changes (SIGHUP)."""
+class CertificateFile:
+    """The expiry of the certificate in a file, read again only when the file changes (a
+    SIGHUP after renew-server, `moorage certs renew-admin`)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, read: Callable[[Path], bytes] = Path.read_bytes) -> None:
+        self.path, self.read = path, read
         self._seen: tuple[int, int] | None = None
         self._not_after: float | None = None
 
@@ -117,10 +119,11 @@ class ServerCertificate:
             stat = os.stat(self.path)
             seen = (stat.st_mtime_ns, stat.st_size)
             if seen != self._seen:
-                self._not_after = pki.not_valid_after(pki.load_cert(self.path)).timestamp()
+                cert = pki.cert_from_bytes(self.read(self.path), str(self.path))
+                self._not_after = pki.not_valid_after(cert).timestamp()
                 self._seen = seen
-        except Exception as exc:  # a scrape must not fail for this
-            log.debug("server certificate %s not readable for metrics: %s", self.path, exc)
+        except Exception as exc:  # a scrape must not fail for this (or for no such file)
+            log.debug("certificate %s not readable for metrics: %s", self.path, exc)
         return self._not_after
 
 
@@ -129,14 +132,18 @@ class CloudCollector:
 
     def __init__(self, core: CloudCore, tls_failures: Mapping[str, int]) -> None:
         self.core, self.tls_failures = core, tls_failures
-        self.server_cert = ServerCertificate(Path(core.cfg.modules.cloud_hub.tls_cert_file))
+        self.server_cert = CertificateFile(Path(core.cfg.modules.cloud_hub.tls_cert_file))
+        # The admin kubeconfig `moorage init` wrote (copies elsewhere may be older).
+        self.admin_cert = CertificateFile(core.cfg.data_path / "admin.kubeconfig",
+                                          kubeconfig.client_certificate)
         self.ca_not_after = pki.not_valid_after(core.authority.ca.cert).timestamp()
 
     def soonest_expiry(self) -> float:
         expiries = [self.ca_not_after]
-        server = self.server_cert.not_after()
-        if server is not None:
-            expiries.append(server)
+        for cert in (self.server_cert, self.admin_cert):
+            not_after = cert.not_after()
+            if not_after is not None:
+                expiries.append(not_after)
         # Edge certificates in use: those of connected nodes (cheap, and the ones that
         # matter; superseded certificates of rotated nodes expire unused).
         expiries.extend(s.identity.not_after for s in self.core.hub.sessions.values())
@@ -175,8 +182,8 @@ class CloudCollector:
         yield failures
         expiry = GaugeMetricFamily(
             "cloudcore_certificate_expiry_seconds",
-            "Seconds until the soonest expiry among the CA, the server certificate and the "
-            "certificates of connected nodes")
+            "Seconds until the soonest expiry among the CA, the server certificate, the admin "
+            "certificate and the certificates of connected nodes")
         expiry.add_metric([], self.soonest_expiry())
         yield expiry
 

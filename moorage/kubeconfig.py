@@ -81,8 +81,8 @@ def _data(section: dict[str, Any], key: str, source: str) -> bytes:
     raise ConfigError(f"{source}: {key}(-data) is missing")
 
 
-def load(path: Path | None = None) -> AdminAccess:
-    path = path or default_path()
+def _current(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The cluster and user sections of the current context."""
     source = str(path)
     try:
         doc = yamlio.load_file(path)
@@ -94,6 +94,18 @@ def load(path: Path | None = None) -> AdminAccess:
     context = _pick(doc.get("contexts"), context_name, "context", source)
     cluster = _pick(doc.get("clusters"), context.get("cluster", ""), "cluster", source)
     user = _pick(doc.get("users"), context.get("user", ""), "user", source)
+    return cluster, user
+
+
+def client_certificate(path: Path) -> bytes:
+    """The PEM client certificate of the current context's user."""
+    return _data(_current(path)[1], "client-certificate", str(path))
+
+
+def load(path: Path | None = None) -> AdminAccess:
+    path = path or default_path()
+    source = str(path)
+    cluster, user = _current(path)
     url = urlsplit(str(cluster.get("server", "")))
     if url.scheme != "https" or not url.hostname:
         raise ConfigError(f"{source}: cluster server must be an https:// URL")

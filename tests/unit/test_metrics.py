@@ -32,7 +32,7 @@ from edgecore.devicetwin import reading_outcomes
 from edgecore.metrics import EdgeCollector, phase_counts
 from edgecore.metrics import ready as edge_ready
 from edgecore.store import EdgeStore
-from moorage import config
+from moorage import config, kubeconfig
 from moorage.errors import ConfigError
 
 
@@ -155,7 +155,7 @@ def fake_cloud(tmp_path: Path, sessions: dict[str, float], backlogs: dict[str, i
     cert_file = tmp_path / "server.crt"
     cert_file.write_bytes(pki.cert_to_pem(server.cert))
     return SimpleNamespace(
-        cfg=SimpleNamespace(modules=SimpleNamespace(
+        cfg=SimpleNamespace(data_path=tmp_path, modules=SimpleNamespace(
             cloud_hub=SimpleNamespace(tls_cert_file=str(cert_file)))),
         authority=SimpleNamespace(ca=ca),
         hub=SimpleNamespace(
@@ -191,6 +191,18 @@ def test_cloud_collector_reads_state_at_scrape_time(tmp_path: Path) -> None:
     assert got[("connected_nodes", ())] == 1
     assert ("cloudcore_node_queue_depth", (("node", "a"),)) not in got
     assert 29 * 86400 < got[("cloudcore_certificate_expiry_seconds", ())] <= 30 * 86400
+
+    # The admin kubeconfig's certificate counts too, read again when it is renewed.
+    for days in (10, 20):
+        admin = pki.issue(core.authority.ca, pki.subject("moorage-admin",
+                                                         pki.ADMIN_ORGANIZATION),
+                          lifetime=dt.timedelta(days=days), client=True)
+        kubeconfig.write(tmp_path / "admin.kubeconfig", "https://127.0.0.1:6443",
+                         pki.cert_to_pem(core.authority.ca.cert), pki.cert_to_pem(admin.cert),
+                         pki.key_to_pem(admin.key))
+        got = samples(registry)
+        assert (days - 1) * 86400 < got[("cloudcore_certificate_expiry_seconds", ())] <= \
+            days * 86400
 
 
 # ---------------------------------------------------------------- edge collector
