@@ -11,6 +11,7 @@ import signal
 import socket
 import sqlite3
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from edgecore.config import EdgeCoreConfig, check_address
 from edgecore.edgehub import EdgeHub
 from edgecore.metamanager import MetaManager
 from edgecore.nodeinfo import node_object
-from edgecore.store import EdgeStore, StoreError
+from edgecore.store import EdgeStore, StoreCorrupt, StoreError
 from moorage import __version__, envelope, logs, sdnotify
 from moorage.enroll import Endpoint
 from moorage.errors import ConfigError, MoorageError
@@ -43,6 +44,26 @@ def _local_ip(server: str) -> str:
         return "127.0.0.1"
 
 
+def open_store(path: Path) -> EdgeStore:
+    """The edge store; a damaged one is moved aside and a new one started, since the cloud
+    sends a node everything it lacks when it connects (the node's inventory is empty)."""
+    try:
+        try:
+            return EdgeStore(path)
+        except StoreCorrupt as exc:
+            aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+            for suffix in ("", "-wal", "-shm"):
+                part = Path(f"{path}{suffix}")
+                if part.exists():
+                    part.rename(f"{aside}{suffix}")
+            log.error("%s; moved it to %s and starting with an empty store: the cloud sends "
+                      "this node its objects again when it connects (reports not yet sent "
+                      "are lost). Until then the node runs nothing.", exc, aside)
+            return EdgeStore(path)
+    except (sqlite3.Error, OSError, StoreError) as exc:
+        raise ConfigError(f"cannot open the edge store {path}: {exc}") from None
+
+
 class EdgeCore:
     def __init__(self, cfg: EdgeCoreConfig) -> None:
         self.cfg = cfg
@@ -57,10 +78,7 @@ class EdgeCore:
         self.certs.check()
         edged = cfg.modules.edged
         self.node_ip = edged.node_ip or _local_ip(hub_cfg.websocket.server)
-        try:
-            self.store = EdgeStore(cfg.database_path)
-        except (sqlite3.Error, OSError) as exc:
-            raise ConfigError(f"cannot open the edge store {cfg.database_path}: {exc}") from None
+        self.store = open_store(cfg.database_path)
         self.meta = MetaManager(self.store)
         self.hub = EdgeHub(hub_cfg, cfg.node_name, self.certs.client_context,
                            self.node_object,

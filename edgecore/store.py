@@ -47,6 +47,10 @@ class StoreError(Exception):
     """The local store cannot be written (disk full, read-only, corrupt)."""
 
 
+class StoreCorrupt(StoreError):
+    """The store file is damaged (not a database, or failing SQLite's integrity check)."""
+
+
 @dataclass(frozen=True)
 class OutboxEntry:
     seq: int
@@ -63,6 +67,17 @@ class EdgeStore:
         self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         if not existed:
             os.chmod(path, 0o600)
+        try:
+            # A power cut on a cheap SD card can damage the file; say so before using it.
+            verdict = self.db.execute("PRAGMA quick_check(1)").fetchone()
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError):
+                raise  # locked, unreadable: not damage
+            self.db.close()
+            raise StoreCorrupt(f"{path} is damaged: {exc}") from None
+        if verdict is None or verdict[0] != "ok":
+            self.db.close()
+            raise StoreCorrupt(f"{path} is damaged: {verdict[0] if verdict else 'no answer'}")
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)

@@ -8,6 +8,8 @@ import signal
 import subprocess
 from typing import Any
 
+import pytest
+
 from tests.integration.test_desired_state import (
     expected_for,
     fleet_manifests,
@@ -122,9 +124,11 @@ def test_edgecore_killed_mid_stream_converges_after_restart(env: Env) -> None:
                  what=f"{edge.name} complete")
 
 
-def test_a_node_whose_store_was_lost_gets_everything_again(env: Env) -> None:
-    """The node's disk was replaced (its certificate kept): the cloud's record says it holds
-    everything, its inventory says nothing; the inventory wins."""
+@pytest.mark.parametrize("loss", ["deleted", "damaged"])
+def test_a_node_whose_store_was_lost_gets_everything_again(env: Env, loss: str) -> None:
+    """The node's disk was replaced, or its store damaged (a power cut on an SD card), its
+    certificate kept: the cloud's record says it holds everything, its inventory says
+    nothing; the inventory wins. A damaged store is moved aside, not deleted."""
     cloud = make_cloud(env).start()
     (edge,) = start_fleet(cloud, ["n0"])
     path = str(write_manifests(env.root / "fleet.yaml",
@@ -137,8 +141,14 @@ def test_a_node_whose_store_was_lost_gets_everything_again(env: Env) -> None:
     edge.stop()
     for lost in edge.dir.glob("edgecore.db*"):
         lost.unlink()
+    if loss == "damaged":
+        (edge.dir / "edgecore.db").write_bytes(b"\x00garbage after a power cut" * 100)
     edge.start()
     assert edge.daemon is not None
+    if loss == "damaged":
+        edge.daemon.wait_log("is damaged: file is not a database; moved it to", 20)
+        assert [p.name.split("-")[0] for p in edge.dir.glob("edgecore.db.damaged-*")] == [
+            "edgecore.db.damaged"]
     edge.daemon.wait_log("serving 0 object(s) from the local store", 20)
     wait_for(lambda: holdings(edge) == want, 60, what="n0 complete again")
     assert same_versions(edge, cloud_objects(cloud))

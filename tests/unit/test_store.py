@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from edgecore import store as store_module
-from edgecore.store import EdgeStore
+from edgecore.store import EdgeStore, StoreCorrupt
 
 POD = ("pods", "default", "web")
 OTHER = ("pods", "default", "other")
@@ -177,3 +177,24 @@ def test_report_status_of_an_unknown_key_does_nothing(store: EdgeStore) -> None:
     store.report_status(POD, {"phase": "Running"})
     assert store.get(POD) is None
     assert store.keys() == {}
+
+
+@pytest.mark.parametrize("damage", ["not a database", "damaged pages"])
+def test_a_damaged_store_is_refused_as_damaged(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "edge.db"
+    store = EdgeStore(path)
+    for i in range(300):
+        store.apply(("configmaps", "default", f"c{i}"), f"u{i}", i + 1,
+                    {"metadata": {"name": f"c{i}"}, "data": {"v": "x" * 200}})
+    store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    store.close()
+    data = bytearray(path.read_bytes())
+    if damage == "not a database":
+        data[:100] = b"\x00" * 100
+    else:
+        for page in range(2, len(data) // 4096, 3):
+            data[page * 4096 + 8: page * 4096 + 200] = b"\xff" * 192
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreCorrupt, match="is damaged"):
+        EdgeStore(path)
+
