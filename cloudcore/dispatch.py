@@ -198,7 +198,8 @@ class Dispatcher:
         is sent and what it should not hold is deleted, even after the cloud store was
         restored from a backup or the node's store was lost."""
         try:
-            partial, complete = add_inventory_page(self.inventories.get(node), content)
+            partial, complete = add_inventory_page(self.inventories.get(node),
+                                                   self.store.resource_version, content)
         except InventoryError as exc:
             self.inventories.pop(node, None)
             raise ProtocolError(f"inventory: {exc}") from exc

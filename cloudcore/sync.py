@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from moorage.resources import KINDS
+
 Key = tuple[str, str, str]
 Held = tuple[str, int]  # (uid, resourceVersion) the node has acknowledged
 
@@ -141,6 +143,11 @@ def _same_target(message: Outgoing, target: Target | None) -> bool:
 # ------------------------------------------------------------ inventories
 
 MAX_INVENTORY_ENTRIES = 200_000  # objects plus deletions one node may report
+# How far ahead of the store a node's versions may be: a restored backup is behind by the
+# writes since it was taken, never by this much. Beyond it, the inventory is refused, so a
+# faulty node cannot push the store's counter towards its end.
+MAX_VERSION_LEAD = 10**9
+SYNCED_KINDS = frozenset(kind.plural for kind in KINDS)
 
 
 @dataclass
@@ -162,7 +169,15 @@ class InventoryError(ValueError):
     """An inventory page that does not fit the protocol."""
 
 
-def add_inventory_page(partial: Inventory | None, content: Any) -> tuple[Inventory, bool]:
+def _key(entry: list[Any]) -> Key | None:
+    kind, namespace, name = entry[0], entry[1], entry[2]
+    if kind not in SYNCED_KINDS or len(namespace) > 63 or not 0 < len(name) <= 253:
+        return None
+    return kind, namespace, name
+
+
+def add_inventory_page(partial: Inventory | None, store_version: int,
+                       content: Any) -> tuple[Inventory, bool]:
     """Add one page to ``partial`` (None: nothing yet); returns it and whether it is complete.
 
     A page of a new generation starts over, so a node that reconnected mid-way
@@ -177,6 +192,9 @@ def add_inventory_page(partial: Inventory | None, content: Any) -> tuple[Invento
         raise InventoryError("content.page: expected a page number")
     if not isinstance(seen, int) or isinstance(seen, bool) or seen < 0:
         raise InventoryError("content.resourceVersion: expected a non-negative integer")
+    if seen > store_version + MAX_VERSION_LEAD:
+        raise InventoryError(f"content.resourceVersion: {seen} is implausibly far ahead of "
+                             f"the store ({store_version})")
     if not isinstance(last, bool):
         raise InventoryError("content.last: expected true or false")
     if partial is None or partial.generation != generation:
@@ -199,14 +217,20 @@ def add_inventory_page(partial: Inventory | None, content: Any) -> tuple[Invento
                 and isinstance(entry[4], int) and not isinstance(entry[4], bool)):
             raise InventoryError(f"content.objects[{i}]: expected [kind, namespace, name, uid, "
                                  "resourceVersion]")
-        partial.held[(entry[0], entry[1], entry[2])] = (entry[3], entry[4])
+        key = _key(entry)
+        if key is None:
+            raise InventoryError(f"content.objects[{i}]: {entry[0]!r} {entry[1]}/{entry[2]} "
+                                 "is not an object the cloud sends")
+        partial.held[key] = (entry[3], entry[4])
     for i, entry in enumerate(deleted):
         if not (isinstance(entry, list) and len(entry) == 4
                 and all(isinstance(part, str) for part in entry[:3])
                 and isinstance(entry[3], int) and not isinstance(entry[3], bool)):
             raise InventoryError(f"content.deleted[{i}]: expected [kind, namespace, name, "
                                  "resourceVersion]")
-        partial.deleted[(entry[0], entry[1], entry[2])] = entry[3]
+        key = _key(entry)
+        if key is not None:  # deletions of other things change nothing here
+            partial.deleted[key] = entry[3]
     partial.seen = max(partial.seen, seen)
     partial.next_page = page + 1
     return partial, last

@@ -328,3 +328,28 @@ def test_device_status_is_accepted_only_for_the_nodes_own_devices(
     assert [line.split()[:4] for line in table.splitlines()[1:]] == [
         ["mine", "alpha", "thermo", "online"], ["theirs", "beta", "thermo", "<unknown>"]]
     assert "may not report about devices default/theirs" in cloud.log()
+
+
+def test_a_bogus_inventory_is_refused_and_changes_nothing(world: tuple[Cloud, Edge, Edge]
+                                                          ) -> None:
+    cloud, alpha, _ = world
+    with _dial(cloud, "alpha", _node_ctx(alpha)) as ws:
+        for content, complaint in (
+                ({"generation": "g", "page": 0, "last": True, "resourceVersion": 1,
+                  "objects": [["widgets", "default", "w", "u", 1]], "deleted": []},
+                 "'widgets' default/w is not an object the cloud sends"),
+                ({"generation": "g", "page": 0, "last": True, "resourceVersion": 2**62,
+                  "objects": [], "deleted": []}, "implausibly far ahead")):
+            bogus = envelope.Message(source="metamanager", group="resource",
+                                     operation="update", resource="default/inventory/alpha",
+                                     content=content)
+            ws.send(envelope.encode(bogus))
+            answer = _reply_to(ws, bogus)
+            assert answer.operation == "error" and complaint in str(answer.content)
+        other = envelope.Message(source="metamanager", group="resource", operation="update",
+                                 resource="default/inventory/beta", content={})
+        ws.send(envelope.encode(other))
+        answer = _reply_to(ws, other)
+        assert answer.operation == "error" and "may not send the inventory of 'beta'" in \
+            str(answer.content)
+    assert "implausibly far ahead" in cloud.log()

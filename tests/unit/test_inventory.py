@@ -20,6 +20,8 @@ from cloudcore.sync import (
 from edgecore.metamanager import MetaManager
 from edgecore.store import EdgeStore
 
+STORE = 10  # the cloud store's resourceVersion in these tests
+
 
 def page(number: int = 0, last: bool = True, generation: str = "g1", seen: int = 9,
          objects: list[list[Any]] | None = None,
@@ -29,10 +31,10 @@ def page(number: int = 0, last: bool = True, generation: str = "g1", seen: int =
 
 
 def test_pages_assemble_into_one_inventory() -> None:
-    partial, done = add_inventory_page(None, page(0, False, objects=[
+    partial, done = add_inventory_page(None, STORE, page(0, False, objects=[
         ["pods", "default", "web", "u1", 4]]))
     assert not done
-    partial, done = add_inventory_page(partial, page(1, True, seen=12, deleted=[
+    partial, done = add_inventory_page(partial, STORE, page(1, True, seen=12, deleted=[
         ["configmaps", "default", "old", 11]]))
     assert done
     assert partial.held == {("pods", "default", "web"): ("u1", 4)}
@@ -41,13 +43,14 @@ def test_pages_assemble_into_one_inventory() -> None:
 
 
 def test_a_new_generation_starts_over_and_a_gap_is_refused() -> None:
-    partial, _ = add_inventory_page(None, page(0, False, objects=[["pods", "", "a", "u", 1]]))
-    fresh, done = add_inventory_page(partial, page(0, True, generation="g2"))
+    partial, _ = add_inventory_page(None, STORE,
+                                    page(0, False, objects=[["pods", "default", "a", "u", 1]]))
+    fresh, done = add_inventory_page(partial, STORE, page(0, True, generation="g2"))
     assert done and fresh.held == {}
     with pytest.raises(InventoryError, match="expected page 1, got 2"):
-        add_inventory_page(partial, page(2))
+        add_inventory_page(partial, STORE, page(2))
     with pytest.raises(InventoryError, match="first page never came"):
-        add_inventory_page(None, page(3))
+        add_inventory_page(None, STORE, page(3))
 
 
 @pytest.mark.parametrize("content, complaint", [
@@ -63,14 +66,24 @@ def test_a_new_generation_starts_over_and_a_gap_is_refused() -> None:
 ])
 def test_malformed_pages_are_refused_with_the_field(content: Any, complaint: str) -> None:
     with pytest.raises(InventoryError, match=complaint):
-        add_inventory_page(None, content)
+        add_inventory_page(None, STORE, content)
+
+
+def test_only_objects_the_cloud_sends_count_and_versions_must_be_plausible() -> None:
+    with pytest.raises(InventoryError, match="'widgets' default/w is not an object the cloud"):
+        add_inventory_page(None, STORE, page(objects=[["widgets", "default", "w", "u", 1]]))
+    with pytest.raises(InventoryError, match="implausibly far ahead"):
+        add_inventory_page(None, STORE, page(seen=STORE + 10**9 + 1))
+    partial, _ = add_inventory_page(None, STORE, page(seen=STORE + 10**9, deleted=[
+        ["widgets", "", "w", 3], ["pods", "default", "p", 4]]))
+    assert partial.deleted == {("pods", "default", "p"): 4}
 
 
 def test_an_inventory_is_bounded() -> None:
     rows = [["configmaps", "default", f"c{i}", "u", 1] for i in range(MAX_INVENTORY_ENTRIES)]
-    partial, _ = add_inventory_page(None, page(0, False, objects=rows))
+    partial, _ = add_inventory_page(None, STORE, page(0, False, objects=rows))
     with pytest.raises(InventoryError, match="more than"):
-        add_inventory_page(partial, page(1, objects=[["pods", "", "x", "u", 1]]))
+        add_inventory_page(partial, STORE, page(1, objects=[["pods", "", "x", "u", 1]]))
 
 
 def target(uid: str, version: int) -> Target:
@@ -118,7 +131,7 @@ def test_the_edge_pages_its_inventory_and_the_cloud_reads_it_back(
     assert len({p["generation"] for p in pages}) == 1
     partial = None
     for content in pages:
-        partial, done = add_inventory_page(partial, content)
+        partial, done = add_inventory_page(partial, STORE, content)
     assert done and partial is not None
     assert partial.seen == 257
     assert len(partial.held or {}) == 40 and len(partial.deleted or {}) == 20
