@@ -223,11 +223,12 @@ class Dispatcher:
                      "lacks; bringing it in line", node, len(held), extra, missing)
             self._hold(node, held)
             await self.store.replace_acked(node, held)
-        for key in stale_on_node(self.desired(node), partial):
+        desired = self.desired(node)
+        for key in stale_on_node(desired, partial):
             await self.store.touch(key)  # the change feed queues it for the node
         sync = self.syncs.get(node)
         if sync is not None:
-            sync.reconcile(self.desired(node))
+            sync.reconcile(desired)  # touched keys are queued already; the rest is current
             if sync.backlog:
                 self.dirty.add(node)
                 self.wake.set()
