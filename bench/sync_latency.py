@@ -8,7 +8,8 @@ only, then the installed ``cloudcore --config ...``; modules.cloudHub.nodeLimit
 = N + 100) and N simulated edge nodes in ``--procs`` processes, each node on its
 own mTLS connection with its OWN certificate (see bench/hub_connections.py, whose
 helpers this reuses). Each simulated node behaves like edgecore on the wire: it
-registers its Node (edgehub's ``_register``), sends ``envelope.keepalive()``
+registers its Node (edgehub's ``_register``) and sends its inventory (empty, as a
+new node's), sends ``envelope.keepalive()``
 every 10 s, answers every downstream ``resource`` insert/update/delete at once
 with ``message.reply("OK", source="metamanager")`` and answers ``query``
 messages like edgehub. It records, for every object message, the receive time
@@ -65,6 +66,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -227,6 +229,14 @@ async def _simulate(first: int, count: int, opts: dict[str, Any], ctrl: Connecti
             reg_ack_s.append(time.monotonic() - sent)
         else:
             final_errors[f"registration answered {reply.operation}: {reply.content}"[:120]] += 1
+            return
+        # edgehub._send_inventory: what the node holds (nothing yet), answered and not awaited.
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(envelope.encode(envelope.Message(
+                source="metamanager", group=envelope.GROUP_RESOURCE, operation=envelope.UPDATE,
+                resource=f"default/inventory/{name}",
+                content={"generation": uuid.uuid4().hex, "page": 0, "last": True,
+                         "resourceVersion": 0, "objects": [], "deleted": []})))
 
     async def connect_all() -> None:
         go = time.monotonic()
