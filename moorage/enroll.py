@@ -11,7 +11,7 @@ import http.client
 import ssl
 from dataclasses import dataclass
 
-from certs import pki, tls
+from certs import tls
 from moorage.errors import MoorageError
 from moorage.token import JoinToken
 
@@ -62,6 +62,8 @@ def _request(endpoint: Endpoint, ctx: ssl.SSLContext, method: str, path: str,
 
 def fetch_ca(endpoint: Endpoint, token: JoinToken) -> bytes:
     """Trust on first use: download the CA and accept it only if it matches the token."""
+    from certs import pki  # cryptography, imported only by the commands that enroll
+
     ctx = tls.client_context(verify=False)
     der = _request(endpoint, ctx, "GET", "/ca.crt")
     ca = pki.cert_from_bytes(der, "the CA served by the cloud")
@@ -79,6 +81,8 @@ def request_certificate(
     client_key: str | None = None, passphrase: bytes | None = None,
 ) -> bytes:
     """POST a CSR; authenticated by the token or by the current client certificate."""
+    from certs import pki  # cryptography: edgecore imports it only when it renews
+
     ctx = tls.client_context(ca_pem=ca_pem, cert_file=client_cert, key_file=client_key,
                              passphrase=passphrase)
     headers = {"NodeName": node_name, "Content-Type": "application/octet-stream"}
