@@ -255,7 +255,7 @@ class Dispatcher:
                     for t in twins):
                 raise ProtocolError("content.status.twins: expected a list of "
                                     "{propertyName, reported, observedDesired}")
-        await self.store.replace(plural, {**obj, "status": status}, status_only=True)
+        await self.store.replace_status(plural, {**obj, "status": status})
 
     # ------------------------------------------------------------ sending
 

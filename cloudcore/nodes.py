@@ -60,10 +60,13 @@ class NodeRegistry:
         return self.store.list("nodes")
 
     async def _save(self, node: dict[str, Any], status_only: bool = True) -> None:
+        # Registrations and status are group-committed: a fleet connects at once.
         if self.get(node["metadata"]["name"]) is None:
-            await self.store.create("nodes", node)
+            await self.store.upsert_status("nodes", node)  # a twin registration: one create
+        elif status_only:
+            await self.store.replace_status("nodes", node)  # a node deleted meanwhile: gone
         else:
-            await self.store.replace("nodes", node, status_only=status_only)
+            await self.store.replace("nodes", node)
 
     def _set_ready(self, node: dict[str, Any], ready: bool, reason: str, message: str) -> None:
         now = rfc3339()

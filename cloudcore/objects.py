@@ -4,7 +4,10 @@ SQLAlchemy 2 async. SQLite by default; nothing here is SQLite-specific except
 :func:`sqlite_url`, so PostgreSQL can take its place. Reads are served from an
 in-memory copy kept in step with the table; every write is one transaction
 that bumps the global resourceVersion, and only after it commits do watchers
-hear of it.
+hear of it. What nodes cause (their Node objects when they register, the status
+they report) is committed in groups: one transaction, one fsync, for all the
+writes waiting, so a fleet connecting at once is not a queue of thousands of
+commits.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ from moorage.errors import ConfigError
 from moorage.events import Event, History
 
 log = logging.getLogger("cloudcore.objects")
+
+GROUP_LIMIT = 500  # writes per group commit
 
 metadata = MetaData()
 schema_version = Table("schema_version", metadata, Column("version", Integer, nullable=False))
@@ -150,6 +155,10 @@ class ObjectStore:
         self.history = History(HISTORY)
         self.listeners: list[Callable[[Change], None]] = []
         self._write = asyncio.Lock()
+        # Writes waiting for the next group commit ("upsert" or "status"), and the task
+        # committing them.
+        self._group: list[tuple[str, str, dict[str, Any], asyncio.Future[dict[str, Any]]]] = []
+        self._group_flusher: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -276,6 +285,93 @@ class ObjectStore:
             self.sync_versions[key] = sync_version
             self._publish(Change("MODIFIED", kind, obj, rv, status_only))
             return obj
+
+    async def replace_status(self, kind: str, obj: dict[str, Any]) -> dict[str, Any]:
+        """``replace(kind, obj, status_only=True)``, committed in a group with the other
+        writes waiting (a node's registration, node, pod and device status). Returns once
+        committed, like ``replace``."""
+        return await self._grouped("status", kind, obj)
+
+    async def upsert_status(self, kind: str, obj: dict[str, Any]) -> dict[str, Any]:
+        """Create ``obj``, or if it exists by then, write its status (``replace_status``);
+        committed in a group. For a Node registering: twice at once is one create."""
+        return await self._grouped("upsert", kind, obj)
+
+    async def _grouped(self, op: str, kind: str, obj: dict[str, Any]) -> dict[str, Any]:
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._group.append((op, kind, obj, future))
+        if self._group_flusher is None or self._group_flusher.done():
+            self._group_flusher = asyncio.create_task(self._flush_group())
+        return await future
+
+    async def _flush_group(self) -> None:
+        while self._group:
+            async with self._write:
+                batch = self._group[:GROUP_LIMIT]
+                del self._group[:GROUP_LIMIT]
+                try:
+                    await self._commit_group(batch)
+                except Exception as exc:  # the whole group failed: each writer hears why
+                    for *_, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+
+    async def _commit_group(
+            self, batch: list[tuple[str, str, dict[str, Any], asyncio.Future[dict[str, Any]]]]
+    ) -> None:
+        staged: dict[Key, dict[str, Any]] = {}
+        done: list[tuple[asyncio.Future[dict[str, Any]], dict[str, Any] | Exception]] = []
+        changes: list[Change] = []
+        async with self.engine.begin() as conn:
+            rv = int((await conn.execute(select(counter.c.resource_version))).scalar_one())
+            for op, kind, obj, future in batch:
+                key = key_of(kind, obj)
+                current = staged.get(key) or self.cache.get(key)
+                new = copy.deepcopy(obj)
+                meta = new["metadata"]
+                create = op == "upsert" and current is None
+                if create:
+                    meta.update(uid=str(uuid.uuid4()), creationTimestamp=rfc3339())
+                elif current is None:
+                    done.append((future, NotFound(f'{kind} "{key[2]}" not found')))
+                    continue
+                else:
+                    for field in ("uid", "creationTimestamp"):
+                        meta[field] = current["metadata"][field]
+                    if _same(current, new):
+                        done.append((future, current))
+                        continue
+                rv += 1
+                meta["resourceVersion"] = str(rv)
+                if create:
+                    await conn.execute(insert(objects).values(
+                        kind=kind, namespace=key[1], name=key[2], uid=meta["uid"],
+                        resource_version=rv, sync_version=rv, body=json.dumps(new)))
+                    changes.append(Change("ADDED", kind, new, rv))
+                else:
+                    await conn.execute(update(objects).where(
+                        objects.c.kind == kind, objects.c.namespace == key[1],
+                        objects.c.name == key[2]).values(resource_version=rv,
+                                                         body=json.dumps(new)))
+                    changes.append(Change("MODIFIED", kind, new, rv, True))
+                staged[key] = new
+                done.append((future, new))
+            if changes:
+                await conn.execute(update(counter).where(counter.c.id == 1)
+                                   .values(resource_version=rv))
+        for change in changes:
+            key = key_of(change.kind, change.obj)
+            self.cache[key] = change.obj
+            if change.type == "ADDED":
+                self.sync_versions[key] = change.resource_version
+            self._publish(change)
+        for future, result in done:
+            if future.done():
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
 
     async def touch(self, key: Key) -> dict[str, Any] | None:
         """Write ``key`` again unchanged under a new resourceVersion, so that nodes take it
