@@ -146,6 +146,41 @@ def rfc3339(ts: float | None = None) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts if ts is not None else time.time()))
 
 
+class GroupCommit:
+    """Writes committed together: each ``submit`` waits for the commit of a group holding
+    every item queued by then (at most ``limit``). ``commit`` takes the items and returns
+    one result (or exception) per item; if it raises, every item of the group fails."""
+
+    def __init__(self, commit: Callable[[list[Any]], Awaitable[list[Any]]],
+                 limit: int = GROUP_LIMIT) -> None:
+        self.commit, self.limit = commit, limit
+        self.waiting: list[tuple[Any, asyncio.Future[Any]]] = []
+        self.task: asyncio.Task[None] | None = None
+
+    async def submit(self, item: Any) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.waiting.append((item, future))
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._run())
+        return await future
+
+    async def _run(self) -> None:
+        while self.waiting:
+            batch = self.waiting[:self.limit]
+            del self.waiting[:self.limit]
+            try:
+                results = await self.commit([item for item, _ in batch])
+            except Exception as exc:
+                results = [exc] * len(batch)
+            for (_, future), result in zip(batch, results, strict=True):
+                if future.done():
+                    continue  # its writer went away; the write stands
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+
+
 class ObjectStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -155,10 +190,9 @@ class ObjectStore:
         self.history = History(HISTORY)
         self.listeners: list[Callable[[Change], None]] = []
         self._write = asyncio.Lock()
-        # Writes waiting for the next group commit ("upsert" or "status"), and the task
-        # committing them.
-        self._group: list[tuple[str, str, dict[str, Any], asyncio.Future[dict[str, Any]]]] = []
-        self._group_flusher: asyncio.Task[None] | None = None
+        # Group commits: of objects nodes write ("upsert" a Node, "status"), and of their acks.
+        self._objects_group = GroupCommit(self._commit_objects)
+        self._acks_group = GroupCommit(self._commit_acks)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -298,33 +332,21 @@ class ObjectStore:
         return await self._grouped("upsert", kind, obj)
 
     async def _grouped(self, op: str, kind: str, obj: dict[str, Any]) -> dict[str, Any]:
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._group.append((op, kind, obj, future))
-        if self._group_flusher is None or self._group_flusher.done():
-            self._group_flusher = asyncio.create_task(self._flush_group())
-        return await future
+        return await self._objects_group.submit((op, kind, obj))  # type: ignore[no-any-return]
 
-    async def _flush_group(self) -> None:
-        while self._group:
-            async with self._write:
-                batch = self._group[:GROUP_LIMIT]
-                del self._group[:GROUP_LIMIT]
-                try:
-                    await self._commit_group(batch)
-                except Exception as exc:  # the whole group failed: each writer hears why
-                    for *_, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
+    async def _commit_objects(self, batch: list[tuple[str, str, dict[str, Any]]]
+                              ) -> list[dict[str, Any] | Exception]:
+        async with self._write:
+            return await self._commit_objects_locked(batch)
 
-    async def _commit_group(
-            self, batch: list[tuple[str, str, dict[str, Any], asyncio.Future[dict[str, Any]]]]
-    ) -> None:
+    async def _commit_objects_locked(self, batch: list[tuple[str, str, dict[str, Any]]]
+                                     ) -> list[dict[str, Any] | Exception]:
         staged: dict[Key, dict[str, Any]] = {}
-        done: list[tuple[asyncio.Future[dict[str, Any]], dict[str, Any] | Exception]] = []
+        results: list[dict[str, Any] | Exception] = []
         changes: list[Change] = []
         async with self.engine.begin() as conn:
             rv = int((await conn.execute(select(counter.c.resource_version))).scalar_one())
-            for op, kind, obj, future in batch:
+            for op, kind, obj in batch:
                 key = key_of(kind, obj)
                 current = staged.get(key) or self.cache.get(key)
                 new = copy.deepcopy(obj)
@@ -333,13 +355,13 @@ class ObjectStore:
                 if create:
                     meta.update(uid=str(uuid.uuid4()), creationTimestamp=rfc3339())
                 elif current is None:
-                    done.append((future, NotFound(f'{kind} "{key[2]}" not found')))
+                    results.append(NotFound(f'{kind} "{key[2]}" not found'))
                     continue
                 else:
                     for field in ("uid", "creationTimestamp"):
                         meta[field] = current["metadata"][field]
                     if _same(current, new):
-                        done.append((future, current))
+                        results.append(current)
                         continue
                 rv += 1
                 meta["resourceVersion"] = str(rv)
@@ -355,7 +377,7 @@ class ObjectStore:
                                                          body=json.dumps(new)))
                     changes.append(Change("MODIFIED", kind, new, rv, True))
                 staged[key] = new
-                done.append((future, new))
+                results.append(new)
             if changes:
                 await conn.execute(update(counter).where(counter.c.id == 1)
                                    .values(resource_version=rv))
@@ -365,13 +387,7 @@ class ObjectStore:
             if change.type == "ADDED":
                 self.sync_versions[key] = change.resource_version
             self._publish(change)
-        for future, result in done:
-            if future.done():
-                continue
-            if isinstance(result, Exception):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
+        return results
 
     async def touch(self, key: Key) -> dict[str, Any] | None:
         """Write ``key`` again unchanged under a new resourceVersion, so that nodes take it
@@ -433,15 +449,21 @@ class ObjectStore:
             return {(k, ns, n): (uid, int(rv)) for k, ns, n, uid, rv in rows}
 
     async def record_ack(self, node: str, key: Key, uid: str, rv: int | None) -> None:
-        """Remember what ``node`` holds: ``rv`` None means it deleted the object."""
+        """Remember what ``node`` holds: ``rv`` None means it deleted the object. Committed
+        in a group with the other acks waiting."""
+        await self._acks_group.submit((node, key, uid, rv))
+
+    async def _commit_acks(self, batch: list[tuple[str, Key, str, int | None]]) -> list[None]:
         async with self.engine.begin() as conn:
-            where = (object_sync.c.node == node, object_sync.c.kind == key[0],
-                     object_sync.c.namespace == key[1], object_sync.c.name == key[2])
-            await conn.execute(delete(object_sync).where(*where))
-            if rv is not None:
-                await conn.execute(insert(object_sync).values(
-                    node=node, kind=key[0], namespace=key[1], name=key[2], uid=uid,
-                    resource_version=rv))
+            for node, key, uid, rv in batch:  # in order: a later ack of a key wins
+                await conn.execute(delete(object_sync).where(
+                    object_sync.c.node == node, object_sync.c.kind == key[0],
+                    object_sync.c.namespace == key[1], object_sync.c.name == key[2]))
+                if rv is not None:
+                    await conn.execute(insert(object_sync).values(
+                        node=node, kind=key[0], namespace=key[1], name=key[2], uid=uid,
+                        resource_version=rv))
+        return [None] * len(batch)
 
     async def replace_acked(self, node: str, held: dict[Key, tuple[str, int]]) -> None:
         """Record that ``node`` holds exactly ``held`` (what it reported on connecting)."""

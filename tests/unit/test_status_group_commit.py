@@ -159,3 +159,23 @@ def test_two_registrations_of_a_new_node_in_one_group_are_one_create(tmp_path: P
         finally:
             await store.close()
     asyncio.run(run())
+
+
+def test_acks_are_group_committed_in_order(tmp_path: Path) -> None:
+    async def run() -> None:
+        store = await fleet(tmp_path, 0)
+        commits: list[int] = []
+        event.listen(store.engine.sync_engine, "commit", lambda _conn: commits.append(1))
+        key = ("pods", "default", "web")
+        try:
+            await asyncio.gather(
+                *(store.record_ack(f"n{i}", key, "u1", 5) for i in range(200)),
+                store.record_ack("n0", key, "u1", 7),       # a later version of the same key
+                store.record_ack("n1", key, "u1", None))    # n1 deleted it
+            assert len(commits) <= 2
+            assert await store.acked("n0") == {key: ("u1", 7)}
+            assert await store.acked("n1") == {}
+            assert await store.acked("n199") == {key: ("u1", 5)}
+        finally:
+            await store.close()
+    asyncio.run(run())
