@@ -29,8 +29,8 @@ bounded in count (attempts per node) and in time (deadlines).
 Baseline settings that differ from websockets' defaults, chosen to compare
 like with like: compression=None, listen backlog 4096 and keepalive pings
 every 15 s (cloudcore's keepaliveInterval default). ``--servers
-cloudcore,baseline,baseline-16k`` adds the same baseline with asyncio's TLS
-read buffer at 16 KiB (cloudcore's size), which separates that buffer from
+cloudcore,baseline,baseline-4k`` adds the same baseline with asyncio's TLS
+read buffer at 4 KiB (cloudcore's size), which separates that buffer from
 what cloudcore itself adds per connection.
 
 cloudcore's config is left as ``moorage init`` writes it, except
@@ -388,7 +388,7 @@ async def _simulate(first: int, count: int, opts: dict[str, Any], ctrl: Connecti
 def serve_baseline(port: int, pki_dir: Path, ssl_buffer_kib: int | None) -> int:
     """A bare websockets server with mutual TLS, stock asyncio loop; reads until close.
 
-    ``ssl_buffer_kib`` (the optional ``baseline-16k`` server only) shrinks asyncio's
+    ``ssl_buffer_kib`` (the optional ``baseline-4k`` server only) shrinks asyncio's
     per-connection TLS read buffer, to tell that buffer apart from everything else.
     """
     raise_nofile()
@@ -507,8 +507,8 @@ def start_baseline(root: Path, data_dir: Path, env: dict[str, str], name: str) -
     port = free_port()
     argv = [sys.executable, str(Path(__file__).resolve()), "--serve-baseline",
             "--port", str(port), "--pki", str(data_dir / "pki")]
-    if name == "baseline-16k":
-        argv += ["--ssl-buffer-kib", "16"]
+    if name == "baseline-4k":
+        argv += ["--ssl-buffer-kib", "4"]
     daemon = spawn(name, argv, root / f"{name}.log", env, port)
     daemon.wait_log("baseline listening", 30)
     return daemon
@@ -715,7 +715,7 @@ def report(results: list[Result], args: argparse.Namespace, facts: dict[str, str
     print("|---|---:|---:|---:|---:|")
     for r in results:
         label = {"cloudcore": "cloudcore", "baseline": "bare websockets (baseline)",
-                 "baseline-16k": "bare websockets, 16 KiB TLS buffer"}[r.server]
+                 "baseline-4k": "bare websockets, 4 KiB TLS buffer"}[r.server]
         print(f"| {label} | {r.connected:,} | {r.handshakes_per_s:,.0f} | "
               f"{r.rss_per_conn_kib:,.1f} | {r.idle_cpu_pct:.2f} |")
     by_name = {r.server: r for r in results}
@@ -785,7 +785,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="handshakes in flight per simulator process (default 64)")
     parser.add_argument("--servers", default="cloudcore,baseline",
                         help="which servers to measure, in order (default cloudcore,baseline; "
-                             "also baseline-16k: the baseline with a 16 KiB asyncio TLS read "
+                             "also baseline-4k: the baseline with a 4 KiB asyncio TLS read "
                              "buffer, cloudcore's size)")
     parser.add_argument("--idle-window", type=float, default=10.0, help="seconds (default 10)")
     parser.add_argument("--settle", type=float, default=3.0,
@@ -814,7 +814,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.procs < 1 or args.concurrency < 1 or args.attempts < 1:
         parser.error("--procs, --concurrency and --attempts must be at least 1")
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
-    known = ("cloudcore", "baseline", "baseline-16k")
+    known = ("cloudcore", "baseline", "baseline-4k")
     if not servers or any(s not in known for s in servers) or len(set(servers)) < len(servers):
         parser.error(f"--servers takes a comma-separated list of {', '.join(known)}")
     args.servers = servers
