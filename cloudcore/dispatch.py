@@ -36,6 +36,7 @@ from moorage.resources import lookup
 log = logging.getLogger("cloudcore.dispatch")
 
 TICK = 0.5
+TOUCH_PERIOD = 60.0  # seconds between two rewrites of objects for one node's inventories
 
 
 def resource_path(key: Key) -> str:
@@ -66,8 +67,10 @@ class Dispatcher:
         self.sent = self.resent = self.acks = 0
         # Called with (node, message) when a node acknowledged a message (metrics).
         self.on_delivered: Callable[[str, Outgoing], None] | None = None
-        # Inventories being received, page by page, per node.
+        # Inventories being received, page by page, per node; when a node's last made the
+        # cloud rewrite objects.
         self.inventories: dict[str, Inventory] = {}
+        self._touched: dict[str, float] = {}
         store.listeners.append(self.on_change)
 
     async def load(self) -> None:
@@ -78,7 +81,11 @@ class Dispatcher:
         """Record what ``node`` holds, in place: a node's NodeSync shares the same dict."""
         mine = self.acked.setdefault(node, {})
         for key in mine:
-            self.holders.get(key, set()).discard(node)
+            holding = self.holders.get(key)
+            if holding is not None:
+                holding.discard(node)
+                if not holding:
+                    del self.holders[key]  # keys nodes only claimed must not pile up
         if mine is not acked:
             mine.clear()
             mine.update(acked)
@@ -224,8 +231,22 @@ class Dispatcher:
             self._hold(node, held)
             await self.store.replace_acked(node, held)
         desired = self.desired(node)
-        for key in stale_on_node(desired, partial):
-            await self.store.touch(key)  # the change feed queues it for the node
+        stale = stale_on_node(desired, partial)
+        now = time.monotonic()
+        if stale and now - self._touched.get(node, -TOUCH_PERIOD) < TOUCH_PERIOD:
+            # Only a restore makes objects stale, once; a node claiming odd versions on
+            # every reconnect must not make the cloud rewrite (and resend) them each time.
+            log.warning("node %s claims versions newer than the store's for %d object(s) "
+                        "again within %.0fs; not rewriting them this time", node, len(stale),
+                        TOUCH_PERIOD)
+            stale = []
+        if stale:
+            self._touched[node] = now
+            if len(self._touched) > 10_000:
+                self._touched = {n: t for n, t in self._touched.items()
+                                 if now - t < TOUCH_PERIOD}
+            # One group commit for all; the change feed queues them for their nodes.
+            await asyncio.gather(*(self.store.touch(key) for key in stale))
         sync = self.syncs.get(node)
         if sync is not None:
             sync.reconcile(desired)  # touched keys are queued already; the rest is current

@@ -335,47 +335,59 @@ class ObjectStore:
         return await self._objects_group.submit((op, kind, obj))  # type: ignore[no-any-return]
 
     async def _commit_objects(self, batch: list[tuple[str, str, dict[str, Any]]]
-                              ) -> list[dict[str, Any] | Exception]:
+                              ) -> list[dict[str, Any] | Exception | None]:
         async with self._write:
             return await self._commit_objects_locked(batch)
 
     async def _commit_objects_locked(self, batch: list[tuple[str, str, dict[str, Any]]]
-                                     ) -> list[dict[str, Any] | Exception]:
+                                     ) -> list[dict[str, Any] | Exception | None]:
+        """Ops: "upsert" (create, or if it exists a status write), "status" (only the
+        submitted ``status`` is taken: the rest is the current object's, so a spec changed
+        meanwhile is not undone), "touch" (the current object under a new version)."""
         staged: dict[Key, dict[str, Any]] = {}
-        results: list[dict[str, Any] | Exception] = []
+        results: list[dict[str, Any] | Exception | None] = []
         changes: list[Change] = []
         async with self.engine.begin() as conn:
             rv = int((await conn.execute(select(counter.c.resource_version))).scalar_one())
             for op, kind, obj in batch:
                 key = key_of(kind, obj)
                 current = staged.get(key) or self.cache.get(key)
-                new = copy.deepcopy(obj)
-                meta = new["metadata"]
                 create = op == "upsert" and current is None
                 if create:
-                    meta.update(uid=str(uuid.uuid4()), creationTimestamp=rfc3339())
+                    new = copy.deepcopy(obj)
+                    new["metadata"].update(uid=str(uuid.uuid4()), creationTimestamp=rfc3339())
                 elif current is None:
-                    results.append(NotFound(f'{kind} "{key[2]}" not found'))
+                    results.append(None if op == "touch" else
+                                   NotFound(f'{kind} "{key[2]}" not found'))
                     continue
+                elif op == "touch":
+                    new = copy.deepcopy(current)
                 else:
-                    for field in ("uid", "creationTimestamp"):
-                        meta[field] = current["metadata"][field]
-                    if _same(current, new):
+                    uid = obj.get("metadata", {}).get("uid")
+                    if uid and uid != current["metadata"]["uid"]:
+                        results.append(NotFound(f'{kind} "{key[2]}" was deleted and created '
+                                                "again: this status is for the old one"))
+                        continue
+                    if obj.get("status") == current.get("status"):
                         results.append(current)
                         continue
+                    new = {**copy.deepcopy(current), "status": copy.deepcopy(obj.get("status"))}
                 rv += 1
-                meta["resourceVersion"] = str(rv)
+                new["metadata"]["resourceVersion"] = str(rv)
                 if create:
                     await conn.execute(insert(objects).values(
-                        kind=kind, namespace=key[1], name=key[2], uid=meta["uid"],
+                        kind=kind, namespace=key[1], name=key[2], uid=new["metadata"]["uid"],
                         resource_version=rv, sync_version=rv, body=json.dumps(new)))
                     changes.append(Change("ADDED", kind, new, rv))
                 else:
+                    touch = op == "touch"
+                    values: dict[str, Any] = {"resource_version": rv, "body": json.dumps(new)}
+                    if touch:
+                        values["sync_version"] = rv
                     await conn.execute(update(objects).where(
                         objects.c.kind == kind, objects.c.namespace == key[1],
-                        objects.c.name == key[2]).values(resource_version=rv,
-                                                         body=json.dumps(new)))
-                    changes.append(Change("MODIFIED", kind, new, rv, True))
+                        objects.c.name == key[2]).values(**values))
+                    changes.append(Change("MODIFIED", kind, new, rv, not touch))
                 staged[key] = new
                 results.append(new)
             if changes:
@@ -384,30 +396,16 @@ class ObjectStore:
         for change in changes:
             key = key_of(change.kind, change.obj)
             self.cache[key] = change.obj
-            if change.type == "ADDED":
+            if not change.status_only:
                 self.sync_versions[key] = change.resource_version
             self._publish(change)
         return results
 
     async def touch(self, key: Key) -> dict[str, Any] | None:
         """Write ``key`` again unchanged under a new resourceVersion, so that nodes take it
-        (they refuse versions they have seen). None if it no longer exists."""
-        async with self._write:
-            current = self.cache.get(key)
-            if current is None:
-                return None
-            obj = copy.deepcopy(current)
-            async with self.engine.begin() as conn:
-                rv = await self._bump(conn)
-                obj["metadata"]["resourceVersion"] = str(rv)
-                await conn.execute(update(objects).where(
-                    objects.c.kind == key[0], objects.c.namespace == key[1],
-                    objects.c.name == key[2]).values(resource_version=rv, sync_version=rv,
-                                                     body=json.dumps(obj)))
-            self.cache[key] = obj
-            self.sync_versions[key] = rv
-            self._publish(Change("MODIFIED", key[0], obj, rv))
-            return obj
+        (they refuse versions they have seen); group-committed. None if it does not exist."""
+        return await self._objects_group.submit(  # type: ignore[no-any-return]
+            ("touch", key[0], {"metadata": {"namespace": key[1], "name": key[2]}}))
 
     async def advance_to(self, resource_version: int) -> None:
         """Move the version counter up to ``resource_version`` (never down): versions a node

@@ -142,7 +142,7 @@ def _same_target(message: Outgoing, target: Target | None) -> bool:
 
 # ------------------------------------------------------------ inventories
 
-MAX_INVENTORY_ENTRIES = 200_000  # objects plus deletions one node may report
+MAX_INVENTORY_ENTRIES = 100_000  # objects plus deletions one node may report
 # How far ahead of the store a node's versions may be: a restored backup is behind by the
 # writes since it was taken, never by this much. Beyond it, the inventory is refused, so a
 # faulty node cannot push the store's counter towards its end.
@@ -174,6 +174,11 @@ def _key(entry: list[Any]) -> Key | None:
     if kind not in SYNCED_KINDS or len(namespace) > 63 or not 0 < len(name) <= 253:
         return None
     return kind, namespace, name
+
+
+def _version(value: Any, seen: int) -> bool:
+    """A resourceVersion a node can hold: at most the highest it says it has seen."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= seen
 
 
 def add_inventory_page(partial: Inventory | None, store_version: int,
@@ -214,9 +219,10 @@ def add_inventory_page(partial: Inventory | None, store_version: int,
     for i, entry in enumerate(objects):
         if not (isinstance(entry, list) and len(entry) == 5
                 and all(isinstance(part, str) for part in entry[:4])
-                and isinstance(entry[4], int) and not isinstance(entry[4], bool)):
+                and 0 < len(entry[3]) <= 64 and _version(entry[4], seen)):
             raise InventoryError(f"content.objects[{i}]: expected [kind, namespace, name, uid, "
-                                 "resourceVersion]")
+                                 "resourceVersion] (a uid of at most 64 characters, a version "
+                                 "at most content.resourceVersion)")
         key = _key(entry)
         if key is None:
             raise InventoryError(f"content.objects[{i}]: {entry[0]!r} {entry[1]}/{entry[2]} "
@@ -225,9 +231,9 @@ def add_inventory_page(partial: Inventory | None, store_version: int,
     for i, entry in enumerate(deleted):
         if not (isinstance(entry, list) and len(entry) == 4
                 and all(isinstance(part, str) for part in entry[:3])
-                and isinstance(entry[3], int) and not isinstance(entry[3], bool)):
+                and _version(entry[3], seen)):
             raise InventoryError(f"content.deleted[{i}]: expected [kind, namespace, name, "
-                                 "resourceVersion]")
+                                 "resourceVersion] (a version at most content.resourceVersion)")
         key = _key(entry)
         if key is not None:  # deletions of other things change nothing here
             partial.deleted[key] = entry[3]

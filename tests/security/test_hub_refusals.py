@@ -333,11 +333,18 @@ def test_device_status_is_accepted_only_for_the_nodes_own_devices(
 def test_a_bogus_inventory_is_refused_and_changes_nothing(world: tuple[Cloud, Edge, Edge]
                                                           ) -> None:
     cloud, alpha, _ = world
+    before = _store_version(cloud)
     with _dial(cloud, "alpha", _node_ctx(alpha)) as ws:
         for content, complaint in (
                 ({"generation": "g", "page": 0, "last": True, "resourceVersion": 1,
                   "objects": [["widgets", "default", "w", "u", 1]], "deleted": []},
                  "'widgets' default/w is not an object the cloud sends"),
+                ({"generation": "g", "page": 0, "last": True, "resourceVersion": 5,
+                  "objects": [["pods", "default", "p", "u" * 1000, 5]], "deleted": []},
+                 "a uid of at most 64 characters"),
+                ({"generation": "g", "page": 0, "last": True, "resourceVersion": 5,
+                  "objects": [["pods", "default", "p", "u", 2**63]], "deleted": []},
+                 "a version at most content.resourceVersion"),
                 ({"generation": "g", "page": 0, "last": True, "resourceVersion": 2**62,
                   "objects": [], "deleted": []}, "implausibly far ahead")):
             bogus = envelope.Message(source="metamanager", group="resource",
@@ -353,3 +360,42 @@ def test_a_bogus_inventory_is_refused_and_changes_nothing(world: tuple[Cloud, Ed
         assert answer.operation == "error" and "may not send the inventory of 'beta'" in \
             str(answer.content)
     assert "implausibly far ahead" in cloud.log()
+    assert _store_version(cloud) == before  # nothing was written, the counter did not move
+
+
+def _store_version(cloud: Cloud) -> str:
+    listing = json.loads(cloud.moorage("get", "configmaps", "-A", "-o", "json").stdout)
+    return str(listing["metadata"]["resourceVersion"])
+
+
+def test_odd_versions_claimed_again_and_again_rewrite_an_object_once(
+        world: tuple[Cloud, Edge, Edge]) -> None:
+    """A node claiming, on every connection, another uid at the current version of one of its
+    objects makes the cloud rewrite it once, not each time."""
+    from tests.support import write_manifests
+
+    cloud, alpha, _ = world
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "claimed"},
+           "spec": {"nodeName": "alpha", "containers": [{"name": "c", "image": "x"}]}}
+    cloud.moorage("apply", "-f", str(write_manifests(cloud.env.root / "claimed.yaml", [pod])))
+
+    def version() -> int:
+        got = json.loads(cloud.moorage("get", "pod", "claimed", "-o", "json").stdout)
+        return int(got["metadata"]["resourceVersion"])
+
+    versions = [version()]
+    with _dial(cloud, "alpha", _node_ctx(alpha)) as ws:
+        for generation in ("first", "second"):
+            seen = versions[-1]
+            claim = envelope.Message(
+                source="metamanager", group="resource", operation="update",
+                resource="default/inventory/alpha",
+                content={"generation": generation, "page": 0, "last": True,
+                         "resourceVersion": seen, "deleted": [],
+                         "objects": [["pods", "default", "claimed", "someone-else", seen]]})
+            ws.send(envelope.encode(claim))
+            assert _reply_to(ws, claim).operation == "response"
+            versions.append(version())
+    assert versions[1] > versions[0]  # rewritten once
+    assert versions[2] == versions[1]  # not again
+    assert "claims versions newer than the store's for 1 object(s) again" in cloud.log()

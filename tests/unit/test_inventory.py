@@ -63,6 +63,10 @@ def test_a_new_generation_starts_over_and_a_gap_is_refused() -> None:
     (page(objects=[["pods", "default", "web", "u1"]]), r"content.objects\[0\]"),
     (page(objects=[["pods", "default", "web", "u1", "4"]]), r"content.objects\[0\]"),
     (page(deleted=[["pods", "default", "web", 4, 4]]), r"content.deleted\[0\]"),
+    (page(objects=[["pods", "default", "web", "u" * 65, 4]]), r"content.objects\[0\]"),
+    (page(objects=[["pods", "default", "web", "u1", 10]]), "at most content.resourceVersion"),
+    (page(objects=[["pods", "default", "web", "u1", 2**63]]), r"content.objects\[0\]"),
+    (page(deleted=[["pods", "default", "web", -1]]), r"content.deleted\[0\]"),
 ])
 def test_malformed_pages_are_refused_with_the_field(content: Any, complaint: str) -> None:
     with pytest.raises(InventoryError, match=complaint):

@@ -112,17 +112,49 @@ def test_a_failed_group_fails_each_writer_and_writes_nothing(tmp_path: Path) -> 
     asyncio.run(run())
 
 
-def test_replace_status_keeps_uid_and_creation_time(tmp_path: Path) -> None:
+def test_a_status_write_takes_only_the_status(tmp_path: Path) -> None:
+    """The writer built its object from the cache; whatever else changed meanwhile (the
+    spec, labels, a new uid) is not undone by its status."""
     async def run() -> None:
         store = await fleet(tmp_path, 1)
         original = store.get(("nodes", "", "n0"))
         try:
-            forged = node("n0", phase="z")
-            forged["metadata"].update(uid="forged", creationTimestamp="1970-01-01T00:00:00Z")
-            written = await store.replace_status("nodes", forged)
-            assert written["metadata"]["uid"] == original["metadata"]["uid"]
+            stale = node("n0", phase="z")
+            stale["metadata"].update(uid=original["metadata"]["uid"],
+                                     creationTimestamp="1970-01-01T00:00:00Z",
+                                     labels={"old": "copy"})
+            await store.replace("nodes", {**original, "metadata": {
+                **original["metadata"], "labels": {"set": "meanwhile"}},
+                "spec": {"taints": []}})
+            written = await store.replace_status("nodes", stale)
+            assert written["status"] == {"phase": "z"}
+            assert written["metadata"]["labels"] == {"set": "meanwhile"}
+            assert written["spec"] == {"taints": []}
             assert written["metadata"]["creationTimestamp"] == \
                 original["metadata"]["creationTimestamp"]
+
+            stale["metadata"]["uid"] = "an-earlier-object"
+            with pytest.raises(NotFound, match="deleted and created again"):
+                await store.replace_status("nodes", stale)
+        finally:
+            await store.close()
+    asyncio.run(run())
+
+
+def test_touch_rewrites_under_a_new_version_due_for_nodes(tmp_path: Path) -> None:
+    async def run() -> None:
+        store = await fleet(tmp_path, 2)
+        heard: list[Event] = []
+        store.listeners.append(heard.append)
+        try:
+            before = store.resource_version
+            touched = await asyncio.gather(store.touch(("nodes", "", "n0")),
+                                           store.touch(("nodes", "", "n1")),
+                                           store.touch(("nodes", "", "ghost")))
+            assert [t["metadata"]["resourceVersion"] if t else None for t in touched] == [
+                str(before + 1), str(before + 2), None]
+            assert [(e.type, e.status_only) for e in heard] == [("MODIFIED", False)] * 2
+            assert store.sync_versions[("nodes", "", "n1")] == before + 2
         finally:
             await store.close()
     asyncio.run(run())
