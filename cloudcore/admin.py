@@ -41,26 +41,28 @@ def invalid(exc: ValidationError, plural: str) -> web.Response:
     return status_body(422, "Invalid", str(exc), name=exc.name, kind=plural, causes=causes)
 
 
-def field_warnings(request: web.Request, kind: Kind, body: Any) -> list[str]:
-    """Kubernetes' ``fieldValidation``: Strict refuses unknown fields, Warn (the default)
-    and Strict return warnings (``Warning`` headers, which kubectl prints), Ignore neither.
-    Fields Kubernetes has but Moorage does not act on are warnings, never refusals."""
+def field_warnings(request: web.Request, kind: Kind, obj: dict[str, Any]) -> list[str]:
+    """Kubernetes' ``fieldValidation``: Strict refuses unknown fields; Warn (the default)
+    and Ignore drop them from ``obj`` before it is stored, Warn with a warning each
+    (``Warning`` headers, which kubectl prints). Fields Kubernetes has but Moorage does not
+    act on are kept, with a warning unless Ignore."""
     mode = request.query.get("fieldValidation", "Warn")
     if mode not in ("Strict", "Warn", "Ignore"):
         raise ManifestError(f"fieldValidation: {mode!r} is not Strict, Warn or Ignore")
+    report = check_fields(kind.kind, obj, prune=mode != "Strict")
+    if mode == "Strict" and report.unknown:
+        raise ValidationError(kind.kind, str(obj["metadata"].get("name", "")), report.unknown)
     if mode == "Ignore":
         return []
-    report = check_fields(kind.kind, body)
-    name = body.get("metadata", {}).get("name", "") if isinstance(body, dict) else ""
-    if mode == "Strict" and report.unknown:
-        raise ValidationError(kind.kind, str(name), report.unknown)
     warnings = [f"{path}: {message}" for path, message in report.unknown]
     return warnings + [f"{path}: not supported by Moorage, ignored" for path in report.ignored]
 
 
 def with_warnings(response: web.Response, warnings: list[str]) -> web.Response:
     for text in warnings[:20]:
-        response.headers.add("Warning", '299 - "' + text.replace('"', "'") + '"')
+        # Printable ASCII only: a field name is the client's text, and a header is not.
+        safe = "".join(c if " " <= c <= "~" and c not in '"\\' else "?" for c in text)
+        response.headers.add("Warning", f'299 - "{safe}"')
     return response
 
 
@@ -217,7 +219,7 @@ class AdminAPI:
         found, obj = validate(body, namespace or "default")
         if found != kind:
             raise ManifestError(f"the body is a {found.kind}, but the path is for {kind.plural}")
-        warnings = field_warnings(request, kind, body)
+        warnings = field_warnings(request, kind, obj)
         if kind.plural != "nodes":
             obj.pop("status", None)  # status is reported by nodes, not set by clients
         created = await self.store.create(kind.plural, obj)
@@ -250,7 +252,7 @@ class AdminAPI:
         if kind.namespaced:
             meta["namespace"] = namespace
         _, obj = validate(body, namespace or "default")
-        warnings = field_warnings(request, kind, body)
+        warnings = field_warnings(request, kind, obj)
         if sub == "status":
             new = {**current, "status": obj.get("status", {})}
         else:

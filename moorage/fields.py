@@ -112,34 +112,40 @@ KIND_FIELDS = {
 }
 
 
-def check_fields(kind: str, obj: Any) -> FieldReport:
-    """Unknown and ignored fields of ``obj``, a manifest of ``kind`` (Kubernetes' Kind)."""
+def check_fields(kind: str, obj: Any, prune: bool = False) -> FieldReport:
+    """Unknown and ignored fields of ``obj``, a manifest of ``kind`` (Kubernetes' Kind).
+    With ``prune``, unknown fields are also removed from ``obj`` (in place), as the
+    Kubernetes API server drops fields its schema does not have when it only warns."""
     report = FieldReport()
     schema = KIND_FIELDS.get(kind)
     if schema is not None and isinstance(obj, dict):
-        _walk(obj, schema, "", report)
+        _walk(obj, schema, "", report, prune)
     return report
 
 
-def _walk(obj: dict[str, Any], schema: Fields, path: str, report: FieldReport) -> None:
-    for name, value in obj.items():
+def _walk(obj: dict[str, Any], schema: Fields, path: str, report: FieldReport,
+          prune: bool) -> None:
+    for name, value in list(obj.items()):
         here = f"{path}.{name}" if path else str(name)
         if name in schema.used:
             inner = schema.nested.get(name)
             if inner is None:
                 continue
             if isinstance(value, dict):
-                _walk(value, inner, here, report)
+                _walk(value, inner, here, report, prune)
             elif isinstance(value, list):
                 for i, item in enumerate(value):
                     if isinstance(item, dict):
-                        _walk(item, inner, f"{here}[{i}]", report)
+                        _walk(item, inner, f"{here}[{i}]", report, prune)
         elif name in schema.ignored:
             report.ignored.append(here)
-        elif len(report.unknown) < 50:
-            known = (*schema.used, *schema.ignored)
-            text = str(name)
-            near = [k for k in known if k.lower() == text.lower()] or \
-                difflib.get_close_matches(text, known, n=1, cutoff=0.75)
-            report.unknown.append((here, f"unknown field; did you mean {near[0]}?" if near
-                                   else "unknown field"))
+        else:
+            if prune:
+                del obj[name]
+            if len(report.unknown) < 50:
+                known = (*schema.used, *schema.ignored)
+                text = str(name)
+                near = [k for k in known if k.lower() == text.lower()] or \
+                    difflib.get_close_matches(text, known, n=1, cutoff=0.75)
+                report.unknown.append((here, f"unknown field; did you mean {near[0]}?"
+                                       if near else "unknown field"))

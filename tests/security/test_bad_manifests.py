@@ -163,4 +163,16 @@ def test_api_field_validation_strict_refuses_and_warn_answers_with_warnings(
     assert status == 201
     assert warnings == ['299 - "dta: unknown field; did you mean data?"',
                         '299 - "immutable: not supported by Moorage, ignored"']
+    # The unknown field was dropped, not stored, so it cannot trip a later strict update;
+    # the Kubernetes field Moorage ignores is kept.
+    stored = json.loads(cloud.moorage("get", "configmap", "checked", "-o", "json").stdout)
+    assert "dta" not in stored and stored["immutable"] is True
+    cloud.moorage("delete", "configmap", "checked")
+
+    # A field name is the client's text: in a header it is reduced to printable ASCII.
+    body = json.dumps({"apiVersion": "v1", "kind": "ConfigMap",
+                       "metadata": {"name": "checked", "namespace": "default"},
+                       'x"\n\\y': 1}).encode()
+    status, warnings, _ = post("Warn")
+    assert status == 201 and warnings == ['299 - "x???y: unknown field"']
     cloud.moorage("delete", "configmap", "checked")

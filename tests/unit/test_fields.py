@@ -74,3 +74,14 @@ def test_node_spec_and_status_are_free_form_and_odd_values_do_not_crash() -> Non
     assert check_fields("Pod", {"kind": "Pod", "spec": {"containers": ["x", 3, None]},
                                 "metadata": None}).unknown == []
     assert check_fields("Nothing", {"a": 1}).unknown == []
+
+
+def test_pruning_drops_unknown_fields_and_keeps_the_rest() -> None:
+    manifest = pod(tolerations=[], nodeNmae="x")
+    manifest["spec"]["containers"][0]["imagee"] = "y"
+    report = check_fields("Pod", manifest, prune=True)
+    assert sorted(path for path, _ in report.unknown) == ["spec.containers[0].imagee",
+                                                          "spec.nodeNmae"]
+    assert "nodeNmae" not in manifest["spec"] and "tolerations" in manifest["spec"]
+    assert manifest["spec"]["containers"][0] == {"name": "c", "image": "busybox"}
+    assert check_fields("Pod", manifest).unknown == []
