@@ -52,6 +52,7 @@ class CertManager:
 
     def check(self) -> None:
         """Refuse to start with a certificate that cannot work, saying what to do."""
+        self.client_context()  # the key matches the certificate and the passphrase opens it
         cert = self.current()
         expected = NODE_CN_PREFIX + self.node_name
         if cert.common_name != expected:

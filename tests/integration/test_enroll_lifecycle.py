@@ -88,3 +88,17 @@ def test_node_whose_certificate_expired_offline_rejoins_with_fresh_token(env: En
     edge.configure(heartbeat="1s")
     edge.start()
     wait_for(lambda: cloud.node_ready("edge-d") is True, what="re-joined edge-d Ready")
+
+
+def test_edgecore_refuses_to_start_with_a_key_that_does_not_match(env: Env) -> None:
+    """The certificate is read without cryptography at start; the key is still checked."""
+    from certs import pki
+
+    cloud = make_cloud(env).start()
+    edge = join(cloud, "mismatch")
+    (edge.pki / "edge.key").write_bytes(pki.key_to_pem(pki.generate_key()))
+    edge.start()
+    assert edge.daemon is not None and edge.daemon.proc is not None
+    assert edge.daemon.proc.wait(30) != 0
+    assert f"cannot use {edge.pki / 'edge.crt'} with {edge.pki / 'edge.key'}" in edge.log()
+    assert "Traceback" not in edge.log()
