@@ -286,7 +286,10 @@ class Hub:
             if waiting is not None and not waiting[1].done():
                 waiting[1].set_result(message)
             elif self.on_ack is not None:
-                await self.on_ack(node, message)
+                try:
+                    await self.on_ack(node, message)
+                except Exception:  # the store failed: the record heals at the next inventory
+                    log.error("node %s: recording an ack failed", node, exc_info=True)
             return
         if message.source == "servicebus" and message.operation == envelope.QUERY and \
                 self.on_servicebus is not None:
@@ -302,6 +305,12 @@ class Hub:
         except ProtocolError as exc:
             log.warning("node %s: invalid message: %s", node, exc)
             reply = message.reply(str(exc), source="cloudhub", operation=envelope.ERROR)
+        except Exception:
+            # The store failed (disk full, locked): no answer, so the node keeps the report
+            # in its outbox and sends it again; its connection stays up.
+            log.error("node %s: %s could not be stored; the node will send it again", node,
+                      message.resource, exc_info=True)
+            return
         await self._send(session, reply)  # after the commit: this is the ack
 
     async def _answer_later(self, node: str, message: Message,

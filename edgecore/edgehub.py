@@ -186,13 +186,21 @@ class EdgeHub:
             self.waiting.pop(message.msg_id, None)
 
     async def _register(self) -> None:
-        message = Message(source="edged", group=envelope.GROUP_RESOURCE,
-                          operation=envelope.INSERT, resource=f"default/node/{self.node_name}",
-                          content=self.node_object())
-        answer = await self.request(message, self.cfg.websocket.handshake_timeout)
-        if answer is None:
-            log.warning("the cloud did not acknowledge the node registration")
-            return
+        """Register the Node on this connection, again until the cloud answers (it does not
+        when its store cannot take the write); then send the inventory."""
+        delays = full_jitter(self.cfg.reconnect_base, self.cfg.reconnect_max)
+        while True:
+            message = Message(source="edged", group=envelope.GROUP_RESOURCE,
+                              operation=envelope.INSERT,
+                              resource=f"default/node/{self.node_name}",
+                              content=self.node_object())
+            answer = await self.request(message, self.cfg.websocket.handshake_timeout)
+            if answer is not None:
+                break
+            delay = next(delays)
+            log.warning("the cloud did not acknowledge the node registration; trying again "
+                        "in %.1fs", delay)
+            await asyncio.sleep(delay)  # cancelled with the connection
         if answer.operation == envelope.ERROR:
             log.error("the cloud refused the node registration: %s", answer.content)
             return
