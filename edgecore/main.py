@@ -51,7 +51,12 @@ def open_store(path: Path) -> EdgeStore:
         try:
             return EdgeStore(path)
         except StoreCorrupt as exc:
-            aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+            stamp = time.strftime("%Y%m%dT%H%M%S")
+            aside = path.with_name(f"{path.name}.damaged-{stamp}")
+            for n in range(1, 100):  # never overwrite an earlier damaged copy
+                if not aside.exists():
+                    break
+                aside = path.with_name(f"{path.name}.damaged-{stamp}-{n}")
             for suffix in ("", "-wal", "-shm"):
                 part = Path(f"{path}{suffix}")
                 if part.exists():
