@@ -36,12 +36,12 @@ def test_what_edgecore_reads_matches_cryptography(ca: pki.Issued, lifetime_days:
         assert got.not_after == pki.not_valid_after(issued.cert)
 
 
-def test_rsa_and_other_string_types(ca: pki.Issued) -> None:
+def test_rsa_a_non_ascii_cn_and_a_certificate_without_cn(ca: pki.Issued) -> None:
     rsa_ca = pki.create_ca(key=pki.generate_key("rsa", 2048))
     issued = pki.issue(rsa_ca, pki.node_subject("büro-7"), lifetime=dt.timedelta(days=30),
                        client=True)
     assert summary(pki.cert_to_pem(issued.cert), "x").common_name == "system:node:büro-7"
-    # A PrintableString CN, no version field issues, a certificate with no CN at all.
+    # A certificate with no CN at all (only an O), valid from before 2000 (UTCTime 19xx).
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "only-o")])
     start = dt.datetime(1999, 12, 31, 23, 59, 59, tzinfo=dt.UTC)
