@@ -449,32 +449,33 @@ class ObjectStore:
     async def record_ack(self, node: str, key: Key, uid: str, rv: int | None) -> None:
         """Remember what ``node`` holds: ``rv`` None means it deleted the object. Committed
         in a group with the other acks waiting."""
-        await self._acks_group.submit((node, key, uid, rv))
-
-    async def _commit_acks(self, batch: list[tuple[str, Key, str, int | None]]) -> list[None]:
-        async with self.engine.begin() as conn:
-            for node, key, uid, rv in batch:  # in order: a later ack of a key wins
-                await conn.execute(delete(object_sync).where(
-                    object_sync.c.node == node, object_sync.c.kind == key[0],
-                    object_sync.c.namespace == key[1], object_sync.c.name == key[2]))
-                if rv is not None:
-                    await conn.execute(insert(object_sync).values(
-                        node=node, kind=key[0], namespace=key[1], name=key[2], uid=uid,
-                        resource_version=rv))
-        return [None] * len(batch)
+        await self._acks_group.submit((node, {key: (uid, rv)}, False))
 
     async def replace_acked(self, node: str, held: dict[Key, tuple[str, int]]) -> None:
         """Record that ``node`` holds exactly ``held`` (what it reported on connecting)."""
-        async with self.engine.begin() as conn:
-            await conn.execute(delete(object_sync).where(object_sync.c.node == node))
-            if held:
-                await conn.execute(insert(object_sync), [
-                    {"node": node, "kind": k, "namespace": ns, "name": n, "uid": uid,
-                     "resource_version": rv} for (k, ns, n), (uid, rv) in held.items()])
+        await self._acks_group.submit((node, held, True))
 
     async def forget_node(self, node: str) -> None:
+        await self._acks_group.submit((node, {}, True))
+
+    async def _commit_acks(self, batch: list[tuple[str, dict[Key, tuple[str, int | None]],
+                                                   bool]]) -> list[None]:
+        """Acks, node records replaced (an inventory) and forgotten (a node deleted), in the
+        order they were made, so an ack still waiting cannot outlive a newer record."""
         async with self.engine.begin() as conn:
-            await conn.execute(delete(object_sync).where(object_sync.c.node == node))
+            for node, entries, whole in batch:
+                if whole:
+                    await conn.execute(delete(object_sync).where(object_sync.c.node == node))
+                for key, (uid, rv) in entries.items():
+                    if not whole:
+                        await conn.execute(delete(object_sync).where(
+                            object_sync.c.node == node, object_sync.c.kind == key[0],
+                            object_sync.c.namespace == key[1], object_sync.c.name == key[2]))
+                    if rv is not None:
+                        await conn.execute(insert(object_sync).values(
+                            node=node, kind=key[0], namespace=key[1], name=key[2], uid=uid,
+                            resource_version=rv))
+        return [None] * len(batch)
 
     # ------------------------------------------------------------ tokens and certificates
 

@@ -211,3 +211,20 @@ def test_acks_are_group_committed_in_order(tmp_path: Path) -> None:
         finally:
             await store.close()
     asyncio.run(run())
+
+
+def test_node_records_replaced_and_forgotten_in_order_with_acks(tmp_path: Path) -> None:
+    async def run() -> None:
+        store = await fleet(tmp_path, 0)
+        web, db = ("pods", "default", "web"), ("pods", "default", "db")
+        try:
+            await asyncio.gather(
+                store.record_ack("n0", web, "u1", 3),
+                store.replace_acked("n0", {db: ("u2", 4)}),   # the inventory: db only
+                store.record_ack("n1", web, "u1", 3),
+                store.forget_node("n1"))                       # n1 deleted after its ack
+            assert await store.acked("n0") == {db: ("u2", 4)}
+            assert await store.acked("n1") == {}
+        finally:
+            await store.close()
+    asyncio.run(run())
