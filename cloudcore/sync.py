@@ -60,8 +60,10 @@ class NodeSync:
         return held is None or held[0] != target.uid or held[1] < target.sync_version
 
     def reconcile(self, desired: dict[Key, Target]) -> None:
-        """Queue every difference between what the node holds and ``desired``."""
-        for key, target in desired.items():
+        """Queue every difference between what the node holds and ``desired``; what other
+        objects use (device models, config maps, secrets) first, so a device reaches its
+        mapper after its model, and a pod its node after its config."""
+        for key, target in sorted(desired.items(), key=lambda item: _send_order(item[0])):
             if self.needs(key, target):
                 self.queue[key] = None
         for key in self.acked:
@@ -132,6 +134,13 @@ class NodeSync:
     @property
     def backlog(self) -> int:
         return len(self.queue) + len(self.inflight)
+
+
+_DEPENDENCIES = frozenset({"devicemodels", "configmaps", "secrets"})
+
+
+def _send_order(key: Key) -> int:
+    return 0 if key[0] in _DEPENDENCIES else 1
 
 
 def _same_target(message: Outgoing, target: Target | None) -> bool:

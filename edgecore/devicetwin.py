@@ -223,6 +223,12 @@ class DeviceTwin(dmi_grpc.DeviceManagerServiceServicer):
         digest = spec_digest(obj)
         if sent is not None and sent[1] == digest:
             return True
+        model_name = (obj.get("spec", {}).get("deviceModelRef") or {}).get("name")
+        if isinstance(model_name, str) and (namespace, model_name) not in \
+                self.models_sent.get(ref.name, set()) and \
+                self.store.get(("devicemodels", namespace, model_name)) is not None:
+            # Its model first: the model says which properties are writable.
+            await self._push(("devicemodels", namespace, model_name))
         device = device_to_dmi(obj)
         stub = self._stub(ref)
         if sent is None:

@@ -80,13 +80,21 @@ def test_take_respects_the_window() -> None:
     sync = NodeSync("edge", {}, window=2)
     sync.reconcile(desired)
     first = sync.take(0.0, lookup(desired))
-    assert [m.key for m in first] == [A, B]  # queue order
+    assert [m.key for m in first] == [D, E]  # what pods use goes first, then queue order
     assert sync.take(0.0, lookup(desired)) == []  # window full
     assert len(sync.inflight) == 2
     sync.on_ack(first[0].msg_id)
-    assert [m.key for m in sync.take(1.0, lookup(desired))] == [C]
+    assert [m.key for m in sync.take(1.0, lookup(desired))] == [A]
     assert len(sync.inflight) == 2
-    assert list(sync.queue) == [D, E]
+    assert list(sync.queue) == [B, C]
+
+
+def test_device_models_go_before_the_devices_that_use_them() -> None:
+    device: Key = ("devices", "default", "thermo")
+    model: Key = ("devicemodels", "default", "thermometer")
+    sync = NodeSync("edge", {})
+    sync.reconcile({device: target("u-d", 2), model: target("u-m", 1)})
+    assert list(sync.queue) == [model, device]
 
 
 def test_take_builds_the_message_from_the_current_target() -> None:
