@@ -54,8 +54,7 @@ def field_warnings(request: web.Request, kind: Kind, obj: dict[str, Any]) -> lis
         raise ValidationError(kind.kind, str(obj["metadata"].get("name", "")), report.unknown)
     if mode == "Ignore":
         return []
-    warnings = [f"{path}: {message}" for path, message in report.unknown]
-    return warnings + [f"{path}: not supported by Moorage, ignored" for path in report.ignored]
+    return report.warnings()
 
 
 def with_warnings(response: web.Response, warnings: list[str]) -> web.Response:

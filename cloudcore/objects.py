@@ -324,82 +324,75 @@ class ObjectStore:
         """``replace(kind, obj, status_only=True)``, committed in a group with the other
         writes waiting (a node's registration, node, pod and device status). Returns once
         committed, like ``replace``."""
-        return await self._grouped("status", kind, obj)
+        return await self._objects_group.submit(("status", kind, obj))  # type: ignore[no-any-return]
 
     async def upsert_status(self, kind: str, obj: dict[str, Any]) -> dict[str, Any]:
         """Create ``obj``, or if it exists by then, write its status (``replace_status``);
         committed in a group. For a Node registering: twice at once is one create."""
-        return await self._grouped("upsert", kind, obj)
-
-    async def _grouped(self, op: str, kind: str, obj: dict[str, Any]) -> dict[str, Any]:
-        return await self._objects_group.submit((op, kind, obj))  # type: ignore[no-any-return]
+        return await self._objects_group.submit(("upsert", kind, obj))  # type: ignore[no-any-return]
 
     async def _commit_objects(self, batch: list[tuple[str, str, dict[str, Any]]]
                               ) -> list[dict[str, Any] | Exception | None]:
-        async with self._write:
-            return await self._commit_objects_locked(batch)
-
-    async def _commit_objects_locked(self, batch: list[tuple[str, str, dict[str, Any]]]
-                                     ) -> list[dict[str, Any] | Exception | None]:
         """Ops: "upsert" (create, or if it exists a status write), "status" (only the
         submitted ``status`` is taken: the rest is the current object's, so a spec changed
         meanwhile is not undone), "touch" (the current object under a new version)."""
-        staged: dict[Key, dict[str, Any]] = {}
-        results: list[dict[str, Any] | Exception | None] = []
-        changes: list[Change] = []
-        async with self.engine.begin() as conn:
-            rv = int((await conn.execute(select(counter.c.resource_version))).scalar_one())
-            for op, kind, obj in batch:
-                key = key_of(kind, obj)
-                current = staged.get(key) or self.cache.get(key)
-                create = op == "upsert" and current is None
-                if create:
-                    new = copy.deepcopy(obj)
-                    new["metadata"].update(uid=str(uuid.uuid4()), creationTimestamp=rfc3339())
-                elif current is None:
-                    results.append(None if op == "touch" else
-                                   NotFound(f'{kind} "{key[2]}" not found'))
-                    continue
-                elif op == "touch":
-                    new = copy.deepcopy(current)
-                else:
-                    uid = obj.get("metadata", {}).get("uid")
-                    if uid and uid != current["metadata"]["uid"]:
-                        results.append(NotFound(f'{kind} "{key[2]}" was deleted and created '
-                                                "again: this status is for the old one"))
+        async with self._write:  # the counter, the cache and the feed move together
+            staged: dict[Key, dict[str, Any]] = {}
+            results: list[dict[str, Any] | Exception | None] = []
+            changes: list[Change] = []
+            async with self.engine.begin() as conn:
+                rv = int((await conn.execute(select(counter.c.resource_version))).scalar_one())
+                for op, kind, obj in batch:
+                    key = key_of(kind, obj)
+                    current = staged.get(key) or self.cache.get(key)
+                    create = op == "upsert" and current is None
+                    if create:
+                        new = copy.deepcopy(obj)
+                        new["metadata"].update(uid=str(uuid.uuid4()), creationTimestamp=rfc3339())
+                    elif current is None:
+                        results.append(None if op == "touch" else
+                                       NotFound(f'{kind} "{key[2]}" not found'))
                         continue
-                    if obj.get("status") == current.get("status"):
-                        results.append(current)
-                        continue
-                    new = {**copy.deepcopy(current), "status": copy.deepcopy(obj.get("status"))}
-                rv += 1
-                new["metadata"]["resourceVersion"] = str(rv)
-                if create:
-                    await conn.execute(insert(objects).values(
-                        kind=kind, namespace=key[1], name=key[2], uid=new["metadata"]["uid"],
-                        resource_version=rv, sync_version=rv, body=json.dumps(new)))
-                    changes.append(Change("ADDED", kind, new, rv))
-                else:
-                    touch = op == "touch"
-                    values: dict[str, Any] = {"resource_version": rv, "body": json.dumps(new)}
-                    if touch:
-                        values["sync_version"] = rv
-                    await conn.execute(update(objects).where(
-                        objects.c.kind == kind, objects.c.namespace == key[1],
-                        objects.c.name == key[2]).values(**values))
-                    changes.append(Change("MODIFIED", kind, new, rv, not touch))
-                staged[key] = new
-                results.append(new)
-            if changes:
-                await conn.execute(update(counter).where(counter.c.id == 1)
-                                   .values(resource_version=rv))
-        for change in changes:
-            key = key_of(change.kind, change.obj)
-            self.cache[key] = change.obj
-            if not change.status_only:
-                self.sync_versions[key] = change.resource_version
-            self._publish(change)
-        return results
+                    elif op == "touch":
+                        new = copy.deepcopy(current)
+                    else:
+                        uid = obj.get("metadata", {}).get("uid")
+                        if uid and uid != current["metadata"]["uid"]:
+                            results.append(NotFound(f'{kind} "{key[2]}" was deleted and created '
+                                                    "again: this status is for the old one"))
+                            continue
+                        if obj.get("status") == current.get("status"):
+                            results.append(current)
+                            continue
+                        new = {**copy.deepcopy(current), "status": copy.deepcopy(obj.get("status"))}
+                    rv += 1
+                    new["metadata"]["resourceVersion"] = str(rv)
+                    if create:
+                        await conn.execute(insert(objects).values(
+                            kind=kind, namespace=key[1], name=key[2], uid=new["metadata"]["uid"],
+                            resource_version=rv, sync_version=rv, body=json.dumps(new)))
+                        changes.append(Change("ADDED", kind, new, rv))
+                    else:
+                        touch = op == "touch"
+                        values: dict[str, Any] = {"resource_version": rv, "body": json.dumps(new)}
+                        if touch:
+                            values["sync_version"] = rv
+                        await conn.execute(update(objects).where(
+                            objects.c.kind == kind, objects.c.namespace == key[1],
+                            objects.c.name == key[2]).values(**values))
+                        changes.append(Change("MODIFIED", kind, new, rv, not touch))
+                    staged[key] = new
+                    results.append(new)
+                if changes:
+                    await conn.execute(update(counter).where(counter.c.id == 1)
+                                       .values(resource_version=rv))
+            for change in changes:
+                key = key_of(change.kind, change.obj)
+                self.cache[key] = change.obj
+                if not change.status_only:
+                    self.sync_versions[key] = change.resource_version
+                self._publish(change)
+            return results
 
     async def touch(self, key: Key) -> dict[str, Any] | None:
         """Write ``key`` again unchanged under a new resourceVersion, so that nodes take it

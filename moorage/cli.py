@@ -271,10 +271,8 @@ def _check_fields(args: argparse.Namespace, kind: resources.Kind, obj: dict[str,
     if mode == "strict" and report.unknown:
         raise resources.ValidationError(kind.kind, obj["metadata"].get("name", ""),
                                         report.unknown)
-    for path, message in report.unknown:
-        print(f"Warning: {where}: {path}: {message}", file=sys.stderr)
-    for path in report.ignored:
-        print(f"Warning: {where}: {path}: not supported by Moorage, ignored", file=sys.stderr)
+    for line in report.warnings():
+        print(f"Warning: {where}: {line}", file=sys.stderr)
 
 
 def _validated(args: argparse.Namespace) -> list[tuple[resources.Kind, dict[str, Any]]]:

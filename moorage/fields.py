@@ -35,6 +35,11 @@ class FieldReport:
     unknown: list[tuple[str, str]] = field(default_factory=list)  # (path, message)
     ignored: list[str] = field(default_factory=list)  # paths
 
+    def warnings(self) -> list[str]:
+        """One line per field, as kubectl and moorage print them after ``Warning:``."""
+        return [f"{path}: {message}" for path, message in self.unknown] + \
+            [f"{path}: not supported by Moorage, ignored" for path in self.ignored]
+
 
 META = Fields(
     used=("name", "namespace", "labels", "annotations", "uid", "resourceVersion",
