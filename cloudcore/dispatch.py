@@ -220,7 +220,7 @@ class Dispatcher:
                         "the node's versions and sending it what differs.", node, partial.seen,
                         self.store.resource_version)
             await self.store.advance_to(partial.seen)
-        held = partial.held or {}
+        held = partial.held
         before = self.acked.get(node, {})
         if held != before:
             # Usually only acks still on their way; a restore or a lost store shows here.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from moorage.resources import KINDS
@@ -168,8 +168,8 @@ class Inventory:
     """
 
     seen: int = 0
-    held: dict[Key, Held] | None = None
-    deleted: dict[Key, int] | None = None
+    held: dict[Key, Held] = field(default_factory=dict)
+    deleted: dict[Key, int] = field(default_factory=dict)
     generation: str = ""
     next_page: int = 0
 
@@ -215,10 +215,9 @@ def add_inventory_page(partial: Inventory | None, store_version: int,
         if page != 0:
             raise InventoryError(f"content.page: page {page} of an inventory whose first page "
                                  "never came")
-        partial = Inventory(generation=generation, held={}, deleted={})
+        partial = Inventory(generation=generation)
     elif page != partial.next_page:
         raise InventoryError(f"content.page: expected page {partial.next_page}, got {page}")
-    assert partial.held is not None and partial.deleted is not None
     objects, deleted = content.get("objects", []), content.get("deleted", [])
     if not isinstance(objects, list) or not isinstance(deleted, list):
         raise InventoryError("content.objects and content.deleted: expected lists")
@@ -255,7 +254,7 @@ def stale_on_node(desired: dict[Key, Target], inventory: Inventory) -> list[Key]
     """Objects the node must get but would refuse as old: it holds (or deleted) the key at a
     version as new as the cloud's. That happens only after the cloud store went back in time
     (a restore from a backup); such objects must be written again with a new version."""
-    held, deleted = inventory.held or {}, inventory.deleted or {}
+    held, deleted = inventory.held, inventory.deleted
     stale = []
     for key, target in desired.items():
         have = held.get(key)

@@ -138,9 +138,9 @@ def test_the_edge_pages_its_inventory_and_the_cloud_reads_it_back(
         partial, done = add_inventory_page(partial, STORE, content)
     assert done and partial is not None
     assert partial.seen == 257
-    assert len(partial.held or {}) == 40 and len(partial.deleted or {}) == 20
-    assert (partial.held or {})[("configmaps", "default", "cm-01")] == ("u1", 101)
-    assert (partial.deleted or {})[("configmaps", "default", "cm-57")] == 257
+    assert len(partial.held) == 40 and len(partial.deleted) == 20
+    assert partial.held[("configmaps", "default", "cm-01")] == ("u1", 101)
+    assert partial.deleted[("configmaps", "default", "cm-57")] == 257
 
 
 def test_an_empty_store_sends_one_empty_last_page(manager: MetaManager) -> None:
